@@ -1,0 +1,1 @@
+"""Bayesian calibration of pbpk models (NumPyro) — not implemented yet (issue 6)."""

@@ -1,0 +1,24 @@
+"""Whole-body PBPK models of radioligands: model representation, reference PSMA model,
+tracers, schedules and diffrax simulation.  Importing `pbpk` enables float64 in JAX."""
+
+import jax as _jax
+
+_jax.config.update("jax_enable_x64", True)
+
+from .builder import ModelBuilder  # noqa: E402
+from .compile import compile_model  # noqa: E402
+from .errors import (  # noqa: E402
+    ModelError, ParameterError, PBPKError, ScheduleError, SolverError, UnknownTracerError,
+)
+from .model import Compartment, LogNormalPrior, Model, Parameter, Reaction, Region, Species  # noqa: E402
+from .psma import psma_model  # noqa: E402
+from .schedule import Administration, Schedule  # noqa: E402
+from .simulate import SolverOptions, Trajectory, simulate  # noqa: E402
+from .tracers import LIGANDS, Ligand, Tracer, tracer  # noqa: E402
+
+__all__ = [
+    "Administration", "Compartment", "LIGANDS", "Ligand", "LogNormalPrior", "Model", "ModelBuilder",
+    "ModelError", "Parameter", "ParameterError", "PBPKError", "Reaction", "Region", "Schedule",
+    "ScheduleError", "SolverError", "SolverOptions", "Trajectory", "simulate", "Species", "Tracer", "UnknownTracerError", "compile_model",
+    "psma_model", "tracer",
+]

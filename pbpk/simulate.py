@@ -1,0 +1,415 @@
+"""Simulation of any compiled model under a schedule of administrations (diffrax).
+
+The state is the vector of species amounts (nmol) augmented with quadratures
+Q_{n,r}(t) = integral of the labelled amount of nuclide n in region r (nmol*h), so that
+time-integrated activity comes out of the same stiff solve:
+
+    TIA_{n,r} [MBq*h] = lambda_n N_A * Q_{n,r}(infinity).
+
+The solver restarts at every administration (a dose is added to the dosing species
+between segments; segments run under `jax.lax.scan`, so the compiled program does not grow
+with the number of cycles).  After the last administration the solve continues for
+`TAIL_HALF_LIVES` physical half-lives of the longest-lived nuclide; the activity left then
+(<= 2**-TAIL_HALF_LIVES of the injected activity, since biological clearance only adds
+to physical decay) is integrated analytically as A(T)/lambda, an upper bound of the true
+tail.  No truncation at the last output time.
+
+Solver: Kvaerno5 (implicit, L-stable ESDIRK, order 5) with a PID step-size controller,
+float64.  `simulate` works under `jax.jit`, `jax.vmap` (over parameter sets) and
+`jax.grad`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dose.nuclides import AVOGADRO_PER_MOL
+
+from .compile import CompiledModel, compile_model
+from .errors import PBPKError, ScheduleError, SolverError
+from .model import Model
+from .schedule import Administration, Schedule, as_schedule
+
+TAIL_HALF_LIVES = 20.0
+_MBQ_PER_NMOL_PER_LAMBDA_H = AVOGADRO_PER_MOL * 1e-9 / 3600.0 / 1e6  # MBq per (nmol * 1/h)
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    """Tolerances and step limit of the stiff solver.
+
+    The solver works on amounts scaled by the largest administered amount of each ligand
+    form (labelled per tracer, unlabelled per ligand), so `atol` is relative to the dose:
+    1e-9 means 1e-9 of the injected amount, whether that is 0.001 nmol of 68Ga-PSMA-11 or
+    90 nmol of PSMA-617.
+    """
+
+    rtol: float = 1e-6
+    atol: float = 1e-9
+    max_steps: int = 20_000
+    pcoeff: float = 0.3
+    icoeff: float = 0.4
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class Trajectory:
+    """Result of `simulate`: arrays (JAX pytree leaves) plus static labels.
+
+    amounts_nmol: (n_times, n_species) species amounts;
+    region_activity_mbq: (n_nuclides, n_regions, n_times);
+    region_tia_mbq_h: (n_nuclides, n_regions) time-integrated activity to infinity (MBq*h);
+    injected_mbq: (n_nuclides, n_times) activity of each nuclide injected up to each time;
+    urine_ligand_fraction: (n_ligands, n_times) cumulative urinary excretion of each
+      ligand as a fraction of the ligand injected so far (decay-independent, i.e. the
+      decay-corrected %IA excreted / 100).
+    """
+
+    times_h: jnp.ndarray
+    amounts_nmol: jnp.ndarray
+    region_activity_mbq: jnp.ndarray
+    region_tia_mbq_h: jnp.ndarray
+    injected_mbq: jnp.ndarray
+    urine_ligand_fraction: jnp.ndarray
+    species: tuple[str, ...] = field(metadata=dict(static=True))
+    regions: tuple[str, ...] = field(metadata=dict(static=True))
+    nuclides: tuple[str, ...] = field(metadata=dict(static=True))
+    ligands: tuple[str, ...] = field(metadata=dict(static=True))
+
+    # ---------------------------------------------------------------- views
+    def _nuclide_index(self, nuclide: str | None) -> int:
+        if nuclide is None:
+            if len(self.nuclides) != 1:
+                raise PBPKError(
+                    f"this trajectory has several nuclides {self.nuclides}; select one with "
+                    f"trajectory.activity_of(nuclide) / trajectory.tia_of(nuclide)"
+                )
+            return 0
+        from dose.nuclides import normalise_name
+
+        name = normalise_name(nuclide)
+        if name not in self.nuclides:
+            raise PBPKError(f"nuclide {nuclide!r} not in this trajectory; it has {self.nuclides}")
+        return self.nuclides.index(name)
+
+    def activity_of(self, nuclide: str | None = None) -> dict[str, jnp.ndarray]:
+        """Region name -> activity (MBq) of `nuclide` at `times_h`."""
+        i = self._nuclide_index(nuclide)
+        return {r: self.region_activity_mbq[..., i, k, :] for k, r in enumerate(self.regions)}
+
+    def tia_of(self, nuclide: str | None = None) -> dict[str, jnp.ndarray]:
+        """Region name -> time-integrated activity to infinity (MBq*h) of `nuclide`."""
+        i = self._nuclide_index(nuclide)
+        return {r: self.region_tia_mbq_h[..., i, k] for k, r in enumerate(self.regions)}
+
+    @property
+    def activity_mbq(self) -> dict[str, jnp.ndarray]:
+        """Region -> activity (MBq) at `times_h` (single-nuclide schedules)."""
+        return self.activity_of(None)
+
+    @property
+    def tia_mbq_h(self) -> dict[str, jnp.ndarray]:
+        """Region -> TIA to infinity (MBq*h) (single-nuclide schedules)."""
+        return self.tia_of(None)
+
+    def percent_ia_of(self, nuclide: str | None = None) -> dict[str, jnp.ndarray]:
+        """Region -> activity as % of the activity of `nuclide` injected up to each time
+        (not decay corrected)."""
+        i = self._nuclide_index(nuclide)
+        inj = self.injected_mbq[..., i, :]
+        return {r: 100.0 * a / jnp.where(inj > 0, inj, jnp.nan) for r, a in self.activity_of(nuclide).items()}
+
+    def to_frame(self):
+        """Long pandas DataFrame: time_h, nuclide, region, activity_mbq, percent_ia."""
+        import pandas as pd
+
+        act = np.asarray(self.region_activity_mbq)
+        inj = np.asarray(self.injected_mbq)
+        if act.ndim != 3:
+            raise PBPKError("to_frame() needs an unbatched trajectory (index a vmapped one first)")
+        t = np.asarray(self.times_h)
+        frames = []
+        for i, nuc in enumerate(self.nuclides):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                pia = np.where(inj[i] > 0, 100.0 * act[i] / np.where(inj[i] > 0, inj[i], 1.0), np.nan)
+            for k, region in enumerate(self.regions):
+                frames.append(pd.DataFrame(dict(time_h=t, nuclide=nuc, region=region,
+                                                activity_mbq=act[i, k], percent_ia=pia[k])))
+        return pd.concat(frames, ignore_index=True)
+
+    def tia_frame(self):
+        """pandas DataFrame: nuclide, region, tia_mbq_h (to infinity)."""
+        import pandas as pd
+
+        tia = np.asarray(self.region_tia_mbq_h)
+        return pd.DataFrame(
+            [dict(nuclide=n, region=r, tia_mbq_h=float(tia[i, k]))
+             for i, n in enumerate(self.nuclides) for k, r in enumerate(self.regions)]
+        )
+
+
+# --------------------------------------------------------------------- setup
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    """Static structure of one (model, schedule shape): index tables, no amounts or times.
+
+    Dose rows come in pairs per administration: the labelled part into the hot dosing
+    species, the unlabelled rest into the cold one.
+    """
+
+    compiled: CompiledModel
+    nuclides: tuple[str, ...]
+    ligands: tuple[str, ...]
+    lambda_index: np.ndarray  # parameter index of each nuclide's decay constant
+    region_hot: np.ndarray  # (n_nuclides * n_regions, n_species) 0/1
+    urine_ligand: np.ndarray  # (n_ligands, n_species) 0/1
+    n_events: int
+    dose_species: np.ndarray  # (n_rows,) species index
+    dose_event: np.ndarray  # (n_rows,) event index
+    dose_nuclide: np.ndarray  # (n_rows,) nuclide index of the administration
+    dose_ligand: np.ndarray  # (n_rows,) ligand index
+    dose_is_hot: np.ndarray  # (n_rows,) True for labelled rows
+    scale_of_row: np.ndarray  # (n_forms, n_rows) 1 where a dose row sets the scale of a form
+    species_form: np.ndarray  # (n_species,) form index (last index: species of no dosed form)
+    quadrature_form: np.ndarray  # (n_quadratures,) form index
+
+
+def _decay_parameter(model: Model, nuclide: str) -> str:
+    import re
+
+    name = "lambda_" + re.sub(r"[^0-9A-Za-z]+", "_", nuclide).strip("_").lower() + "_per_h"
+    if name not in model.parameter_names:
+        raise PBPKError(f"model {model.name!r} has no decay-constant parameter {name!r} for {nuclide}")
+    return name
+
+
+_PLANS: dict = {}
+
+
+def _plan(model: Model, schedule: Schedule) -> _Plan:
+    events = schedule.event_times_h
+    structure = tuple((events.index(a.time_h), a.tracer.name) for a in schedule)
+    key = (id(model), structure)
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0] is model:
+        return hit[1]
+    plan = _build_plan(model, schedule, structure)
+    _PLANS[key] = (model, plan)
+    return plan
+
+
+def _build_plan(model: Model, schedule: Schedule, structure) -> _Plan:
+    compiled = compile_model(model)
+    sidx = compiled.species_index
+    nuclides, ligands, regions = model.nuclides, model.ligands, model.regions
+    region_hot = np.zeros((len(nuclides) * len(regions), len(model.species)))
+    by_name = {s.name: s for s in model.species}
+    for i, nuc in enumerate(nuclides):
+        for k, reg in enumerate(regions):
+            for s in reg.species:
+                if by_name[s].nuclide == nuc:
+                    region_hot[i * len(regions) + k, sidx[s]] = 1.0
+    urine_ligand = np.zeros((len(ligands), len(model.species)))
+    for s in model.species:
+        if s.compartment == "urine" and s.ligand in ligands:
+            urine_ligand[ligands.index(s.ligand), sidx[s.name]] = 1.0
+
+    rows = []  # (species, event, nuclide, ligand, is_hot)
+    for (event, _), a in zip(structure, schedule):
+        lig, nuc = a.tracer.ligand.name, a.tracer.nuclide
+        for key in ((lig, nuc), (lig, None)):
+            if key not in model.dose_targets:
+                raise ScheduleError(
+                    f"model {model.name!r} cannot be dosed with {a.tracer.name}: no dose target for "
+                    f"{'labelled' if key[1] else 'unlabelled'} {lig}; build the model with this tracer, "
+                    f"e.g. psma_model(tracers=[..., {a.tracer.name!r}])"
+                )
+        for is_hot in (True, False):
+            target = model.dose_targets[(lig, nuc if is_hot else None)]
+            rows.append((sidx[target], event, nuclides.index(nuc), ligands.index(lig), is_hot))
+    cols = [np.array(c) for c in zip(*rows)]
+    lam_idx = np.array([compiled.parameter_index[_decay_parameter(model, n)] for n in nuclides], dtype=int)
+
+    # Scaling forms: labelled (ligand, nuclide) and unlabelled (ligand, None).  A cold form
+    # takes its scale from every dose of its ligand (hot ligand decays into it).
+    forms = sorted({(s.ligand, s.nuclide) for s in model.species if s.ligand is not None}, key=str)
+    row_forms = [(ligands[li], nuclides[ni] if hot else None) for ni, li, hot in zip(cols[2], cols[3], cols[4])]
+    scale_of_row = np.zeros((len(forms) + 1, len(rows)))
+    for f, (lig, nuc) in enumerate(forms):
+        for r, (rlig, rnuc) in enumerate(row_forms):
+            if rlig == lig and (rnuc == nuc or nuc is None):
+                scale_of_row[f, r] = 1.0
+    species_form = np.array([forms.index((s.ligand, s.nuclide)) if (s.ligand, s.nuclide) in forms else len(forms)
+                             for s in model.species], dtype=int)
+    quadrature_form = np.array([species_form[np.argmax(row)] if row.any() else len(forms) for row in region_hot],
+                               dtype=int)
+    return _Plan(compiled, nuclides, ligands, lam_idx, region_hot, urine_ligand, len(schedule.event_times_h),
+                 cols[0].astype(int), cols[1].astype(int), cols[2].astype(int), cols[3].astype(int),
+                 cols[4].astype(bool), scale_of_row, species_form, quadrature_form)
+
+
+def _schedule_arrays(schedule: Schedule):
+    """Per dose row: administered activity (MBq) and total ligand (nmol; NaN = carrier free)."""
+    activity, total = [], []
+    for a in schedule:
+        tot = np.nan if a.ligand_nmol is None else float(a.ligand_nmol)
+        activity += [a.activity_mbq] * 2
+        total += [tot] * 2
+    return np.array(schedule.event_times_h), np.array(activity, dtype=np.float64), np.array(total, dtype=np.float64)
+
+
+def _dose_amounts(plan: _Plan, lam, activity, total) -> jnp.ndarray:
+    """Amount (nmol) of each dose row: labelled rows A/(lambda N_A), cold rows total - hot."""
+    hot = activity / (lam * _MBQ_PER_NMOL_PER_LAMBDA_H)[plan.dose_nuclide]
+    total = jnp.where(jnp.isnan(total), hot, total)
+    return jnp.where(jnp.asarray(plan.dose_is_hot), hot, total - hot)
+
+
+# ---------------------------------------------------------------------- core
+@eqx.filter_jit
+def _solve(plan: _Plan, opts: SolverOptions, p, times, event_times, t_end, activity, total):
+    """Pure JAX (jitted per plan): amounts at `times` and the full state at t_end.
+
+    Returns (amounts (n_times, n_species), y_end (n_species + n_quadratures), ok, lambda).
+    """
+    c = plan.compiled
+    d = c.assignments(p)
+    lam = p[plan.lambda_index]  # (n_nuclides,) 1/h
+    n_sp = len(c.model.species)
+    n_q = plan.region_hot.shape[0]
+    region_hot = jnp.asarray(plan.region_hot)
+    amount = _dose_amounts(plan, lam, activity, total)
+    doses = jnp.zeros((plan.n_events, n_sp + n_q)).at[plan.dose_event, plan.dose_species].add(amount)
+
+    # solve for z = y / scale, scale = largest dose of each species' ligand form
+    form_scale = jnp.max(jnp.asarray(plan.scale_of_row) * amount[None, :], axis=1)
+    form_scale = jnp.where(form_scale > 0, form_scale, 1.0)
+    scale = jnp.concatenate([form_scale[plan.species_form], form_scale[plan.quadrature_form]])
+    doses = doses / scale
+
+    species_field = c.vector_field(p, d)
+
+    def vector_field(t, z, args):
+        amounts = z[:n_sp] * scale[:n_sp]
+        return jnp.concatenate([species_field(amounts), region_hot @ amounts]) / scale
+
+    term = diffrax.ODETerm(vector_field)
+    solver = diffrax.Kvaerno5()
+    controller = diffrax.PIDController(rtol=opts.rtol, atol=opts.atol, pcoeff=opts.pcoeff, icoeff=opts.icoeff)
+    seg_t1 = jnp.concatenate([event_times[1:], jnp.reshape(t_end, (1,))])
+    last = jnp.arange(plan.n_events) == plan.n_events - 1
+
+    def segment(carry, inputs):
+        y, out, ok = carry
+        dose, t0, t1, is_last = inputs
+        y = y + dose
+        sol = diffrax.diffeqsolve(
+            term, solver, t0, t1, dt0=None, y0=y,
+            saveat=diffrax.SaveAt(ts=jnp.clip(times, t0, t1), t1=True),
+            stepsize_controller=controller, max_steps=opts.max_steps, throw=False,
+        )
+        in_seg = (times >= t0) & ((times < t1) | is_last)
+        out = jnp.where(in_seg[:, None], sol.ys[:-1], out)
+        ok = ok & (sol.result == diffrax.RESULTS.successful)
+        return (sol.ys[-1], out, ok), None
+
+    y0 = jnp.zeros(n_sp + n_q)
+    out0 = jnp.zeros((times.shape[0], n_sp + n_q))
+    (y_end, out, ok), _ = jax.lax.scan(segment, (y0, out0, jnp.asarray(True)), (doses, event_times, seg_t1, last))
+    ok = ok & jnp.all(jnp.isfinite(out)) & jnp.all(jnp.isfinite(y_end))
+    return out[:, :n_sp] * scale[:n_sp], y_end * scale, ok, lam
+
+
+def simulate(
+    model: Model,
+    schedule: Schedule | Administration | Sequence[Administration],
+    times_h,
+    params: Mapping[str, object] | None = None,
+    *,
+    tia: bool = True,
+    options: SolverOptions = SolverOptions(),
+) -> Trajectory:
+    """Simulate `model` under `schedule`, reporting at `times_h` (h, schedule clock).
+
+    params: parameter overrides (name -> value); values may be JAX tracers, so this
+      function can be wrapped in `jax.jit`, `jax.vmap` and `jax.grad`.
+    tia: integrate to infinity for time-integrated activity (default); with False the
+      solve stops at the last output time and `region_tia_mbq_h` holds NaN.
+    Raises ScheduleError for output times before the first administration, ParameterError
+    for parameters out of bounds (checked when concrete) and SolverError when the solver
+    fails (under jit the failure surfaces as an `equinox` runtime error with the same text).
+    """
+    schedule = as_schedule(schedule)
+    times = np.asarray(times_h, dtype=np.float64)
+    if times.ndim != 1 or times.size == 0 or not np.all(np.isfinite(times)):
+        raise ScheduleError("times_h must be a non-empty 1-D sequence of finite times (h)")
+    if np.any(np.diff(times) < 0):
+        raise ScheduleError("times_h must be sorted in ascending order")
+    if times[0] < schedule.first_time_h:
+        raise ScheduleError(
+            f"output time {times[0]} h is before the first administration at {schedule.first_time_h} h"
+        )
+    plan = _plan(model, schedule)
+    c = plan.compiled
+    p = c.parameter_vector(params)
+    concrete = not isinstance(p, jax.core.Tracer)
+    if concrete:
+        c.check_parameters(np.asarray(p))
+
+    lam_max_half_life = float(np.log(2) / np.min(np.asarray(c.default_parameters)[plan.lambda_index])) if len(
+        plan.nuclides) else 0.0
+    last = max(float(times[-1]), schedule.last_time_h)
+    t_end = schedule.last_time_h + TAIL_HALF_LIVES * lam_max_half_life if tia else last
+    t_end = max(t_end, last)
+
+    event_times, admin_activity, admin_total = _schedule_arrays(schedule)
+    amounts, y_end, ok, lam = _solve(plan, options, p, jnp.asarray(times), jnp.asarray(event_times),
+                                     jnp.asarray(t_end), jnp.asarray(admin_activity), jnp.asarray(admin_total))
+    message = (
+        f"pbpk solver failed for model {model.name!r} (step-size collapse, max_steps={options.max_steps} "
+        f"reached or non-finite state); check parameters, or loosen rtol/atol"
+    )
+    if concrete:
+        if not bool(ok):
+            raise SolverError(message)
+    else:
+        amounts = eqx.error_if(amounts, ~ok, message)
+
+    n_sp = len(model.species)
+    n_nuc, n_reg = len(plan.nuclides), len(model.regions)
+    mbq_per_nmol = lam * _MBQ_PER_NMOL_PER_LAMBDA_H  # (n_nuc,)
+    region_hot = jnp.asarray(plan.region_hot)
+    hot_amounts = (amounts @ region_hot.T).T.reshape(n_nuc, n_reg, -1)
+    activity = hot_amounts * mbq_per_nmol[:, None, None]
+    if tia:
+        q_end = y_end[n_sp:].reshape(n_nuc, n_reg)
+        tail = (region_hot @ y_end[:n_sp]).reshape(n_nuc, n_reg) / lam[:, None]
+        tia_values = (q_end + tail) * mbq_per_nmol[:, None]
+    else:
+        tia_values = jnp.full((n_nuc, n_reg), jnp.nan)
+
+    injected = np.zeros((n_nuc, times.size))
+    ligand_injected = jnp.zeros((len(plan.ligands), times.size))
+    for a in schedule:
+        after = times >= a.time_h
+        injected[plan.nuclides.index(a.tracer.nuclide)] += np.where(after, a.activity_mbq, 0.0)
+    # ligand injected (nmol, hot + cold) per ligand, from the dose rows (traceable)
+    doses_nmol = _dose_amounts(plan, lam, jnp.asarray(admin_activity), jnp.asarray(admin_total))
+    for row in range(len(plan.dose_species)):
+        after = jnp.asarray(times >= event_times[plan.dose_event[row]])
+        ligand_injected = ligand_injected.at[plan.dose_ligand[row]].add(jnp.where(after, doses_nmol[row], 0.0))
+    urine = amounts @ jnp.asarray(plan.urine_ligand).T  # (n_times, n_ligands)
+    urine_fraction = urine.T / jnp.where(ligand_injected > 0, ligand_injected, jnp.nan)
+
+    return Trajectory(
+        times_h=jnp.asarray(times), amounts_nmol=amounts, region_activity_mbq=activity,
+        region_tia_mbq_h=tia_values, injected_mbq=jnp.asarray(injected), urine_ligand_fraction=urine_fraction,
+        species=model.species_names, regions=model.region_names, nuclides=plan.nuclides, ligands=plan.ligands,
+    )
