@@ -29,8 +29,8 @@ Where the defaults differ from the papers (see `DEFAULTS_NOTES`):
   internalised-compartment placeholder volume);
 * glomerular filtration acts on the unbound plasma fraction (protein binding, which
   Rinscheid 2020 lists as a mechanism; PyCNO encodes it as albumin reactions switched off);
-* kidney and salivary-gland receptor densities and salivary volume are re-set so that
-  7.4 GBq 177Lu-PSMA-617 gives clinical dose per activity (values and sources below).
+* the kidney receptor density and the salivary volume are re-set so that 7.4 GBq
+  177Lu-PSMA-617 gives clinical dose per activity (values and sources in DEFAULTS_NOTES).
 """
 
 from __future__ import annotations
@@ -109,18 +109,27 @@ REFERENCE_WEIGHT_KG = 71.0  # body weight of the PyCNO/Ulm tissue table
 
 DEFAULTS_NOTES = """\
 Defaults that differ from the published PBPK encodings, and why:
-- kidneys_rden_nmol_l 40 nmol/L (PyCNO 14, Amsterdam code 18) and salivary_glands_rden_nmol_l
-  120 nmol/L (PyCNO 38, Amsterdam 42): with the published densities 7.4 GBq 177Lu-PSMA-617
-  gives kidney ~0.2 Gy/GBq and salivary ~0.3 Gy/GBq, below clinical 0.5-0.8 Gy/GBq (kidneys:
-  Hohberg M et al. Mol Imaging Biol 2016;18:437; Fendler WP et al. Oncotarget 2017;8:3581;
-  Kabasakal L et al. Mol Imaging Radionucl Ther 2017;26:62) and 0.7-1.9 Gy/GBq (salivary,
-  same sources); the documented under-prediction of the public encoding.
-- salivary_glands_volume_l 0.085 L ({icrp}: parotid 50 + submandibular 25 + sublingual 10 g)
-  instead of PyCNO's 0.021 L, so that dose per activity uses the anatomical mass.
+- kidneys_rden_nmol_l = 40 nmol/L (PyCNO 14, Amsterdam code 18): with the published
+  densities 7.4 GBq 177Lu-PSMA-617 gives about 0.2 Gy/GBq to the kidneys, below the clinical
+  0.5-0.82 Gy/GBq (Hohberg M et al. Mol Imaging Biol 2016;18:437: 0.53; Fendler WP et al.
+  Oncotarget 2017;8:3581: 0.5/0.6; Kabasakal L et al. Mol Imaging Radionucl Ther
+  2017;26:62: 0.82 +- 0.25) - the documented under-prediction of the public encoding.
+- salivary_glands_volume_l = 0.085 L ({icrp}: parotid 50 + submandibular 25 + sublingual
+  10 g) instead of PyCNO's 0.021 L, so that dose per activity uses the anatomical mass; the
+  PyCNO receptor density 38 nmol/L is kept (gives 1.4 Gy/GBq; clinical 0.72-1.9: Hohberg
+  2016, Fendler 2017, Kabasakal 2017).
 - liver and spleen volumes from {icrp} (1.8 and 0.15 L) instead of PyCNO 1.91/0.183 L.
-- unbound plasma fraction on glomerular filtration (ligand parameter fu): makes blood
-  clearance and urinary excretion match 177Lu-PSMA-617 data (about 50-57 %% excreted by
-  24 h: Kabasakal 2017; Kurth J et al. EJNMMI Res 2018;8:32).
+- glomerular filtration acts on the unbound plasma fraction fu (PyCNO has albumin binding
+  switched off); fu(PSMA-617) = 0.25 gives 61 %% cumulative urinary excretion at 24 h, inside
+  the 41.5-65.4 %% range of Kabasakal 2017, a blood elimination half-life of about 13 h
+  (Kabasakal: 10.8 +- 2.5 h) and a kidney effective half-life of about 40 h (median 35.5 h
+  in a 2026 SPECT series).
+- gastrointestinal interstitial volume 0.174 V (Amsterdam code): PyCNO's 8.8 x V_vas
+  exceeds the GI volume.
+- flows are balanced (rest-of-body flow = F minus all organ and tumour flows).
+Known limits of the defaults: liver (about 0.04 Gy/GBq) and spleen (about 0.035 Gy/GBq)
+are below the roughly 0.1 Gy/GBq reported in some series (recalled values, not verified
+here); their receptor densities are the published ones.
 """.format(icrp=ICRP89)
 
 
@@ -353,8 +362,7 @@ class _Builder:
         self.simple_receptor_organ(
             "salivary_glands", V, lambda V: 0.03 * (1 - H) * V, lambda V: 0.23 * V,
             lambda V: 0.074 * PER_MIN * V, 2.0,
-            rden_default=38.0, lam_rel_per_min=4.2e-4,
-            rden_source="re-set to give clinical salivary dose per activity (see DEFAULTS_NOTES); PyCNO 38 nmol/L",
+            rden_default=38.0, lam_rel_per_min=4.2e-4, rden_source=PYCNO,
         )
 
     def tumours(self):

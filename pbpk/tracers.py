@@ -53,10 +53,12 @@ _KON = 0.046 * PER_MIN
 _LAMBDA_INT = 0.001 * PER_MIN
 LIGANDS: dict[str, Ligand] = {
     "PSMA-617": Ligand(
-        "PSMA-617", _KON, 5.4, _LAMBDA_INT, 0.35,
+        "PSMA-617", _KON, 5.4, _LAMBDA_INT, 0.25,
         "KD 5.4 nM: natIn-PSMA-617 saturation binding, LNCaP (Gourni E et al. PLoS One "
-        "2015;10:e0145755); unbound plasma fraction 0.35 from 60-70 % plasma-protein binding "
-        "of 177Lu-PSMA-617 (PLUVICTO prescribing information, section 12.3).",
+        "2015;10:e0145755); unbound plasma fraction 0.25 set so that urinary excretion at 24 h "
+        "(61 %) lies in the range of Kabasakal L et al. Mol Imaging Radionucl Ther 2017;26:62 "
+        "(41.5-65.4 %); the PLUVICTO label reports about 60-70 % plasma-protein binding "
+        "(recalled, not re-verified), i.e. 0.3-0.4 unbound.",
     ),
     "PSMA-I&T": Ligand(
         "PSMA-I&T", _KON, 7.9, _LAMBDA_INT, 0.18,
@@ -73,8 +75,8 @@ LIGANDS: dict[str, Ligand] = {
     ),
     "DCFPyL": Ligand(
         "DCFPyL", _KON, 1.1, _LAMBDA_INT, 0.7,
-        "KD 1.1 nM: Ki of DCFPyL (Chen Y et al. Clin Cancer Res 2011;17:7645); unbound "
-        "fraction 0.7 assumed as for PSMA-11.",
+        "KD 1.1 nM: Ki of DCFPyL (Chen Y et al. Clin Cancer Res 2011;17:7645; recalled, not "
+        "re-verified); unbound fraction 0.7 assumed as for PSMA-11.",
     ),
 }
 
