@@ -222,6 +222,14 @@ class CompiledModel:
         vals = jnp.stack([jnp.asarray(v, dtype=jnp.float64) for v in overrides.values()])
         return p.at[idx].set(vals)
 
+    @cached_property
+    def _checked_quantities(self) -> Callable:
+        def quantities(p):
+            d = self.assignments(p)
+            return d, self.compartment_volumes_l(p, d)
+
+        return jax.jit(quantities)
+
     def check_parameters(self, p: np.ndarray) -> None:
         """Raise `ParameterError` for a concrete parameter vector outside bounds or non-finite,
         and for non-positive compartment volumes."""
@@ -230,8 +238,7 @@ class CompiledModel:
                 raise ParameterError(
                     f"parameter {prm.name!r} = {v} {prm.unit} is outside its bounds [{prm.lower}, {prm.upper}]"
                 )
-        d = np.asarray(self.assignments(jnp.asarray(p)))
-        vols = np.asarray(self.compartment_volumes_l(jnp.asarray(p), jnp.asarray(d)))
+        d, vols = (np.asarray(x) for x in self._checked_quantities(jnp.asarray(p)))
         for c, v in zip(self.model.compartments, vols):
             if not np.isfinite(v) or v <= 0:
                 raise ParameterError(

@@ -34,6 +34,8 @@ from dose.nuclides import AVOGADRO_PER_MOL
 
 from .compile import CompiledModel, compile_model
 from .errors import PBPKError, ScheduleError, SolverError
+from .linear_solver import PermutedLU
+from .rosenbrock import Rodas4
 from .model import Model
 from .schedule import Administration, Schedule, as_schedule
 
@@ -45,6 +47,9 @@ _MBQ_PER_NMOL_PER_LAMBDA_H = AVOGADRO_PER_MOL * 1e-9 / 3600.0 / 1e6  # MBq per (
 class SolverOptions:
     """Tolerances and step limit of the stiff solver.
 
+    method: "rodas4" (default; `pbpk.rosenbrock.Rodas4`, linearly implicit, with the
+    model's analytic Jacobian) or "kvaerno5" (diffrax's ESDIRK with chord-Newton
+    iterations).  Both run inside `diffrax.diffeqsolve` with a PID step-size controller.
     The solver works on amounts scaled by the largest administered amount of each ligand
     form (labelled per tracer, unlabelled per ligand), so `atol` is relative to the dose:
     1e-9 means 1e-9 of the injected amount, whether that is 0.001 nmol of 68Ga-PSMA-11 or
@@ -53,9 +58,18 @@ class SolverOptions:
 
     rtol: float = 1e-6
     atol: float = 1e-9
+    method: str = "rodas4"
     max_steps: int = 20_000
-    pcoeff: float = 0.3
-    icoeff: float = 0.4
+    pcoeff: float | None = None
+    icoeff: float | None = None
+
+    def controller(self) -> diffrax.PIDController:
+        """Step-size controller: the integral (I) controller for Rodas4, whose embedded
+        error estimate is smooth; the PI settings recommended by diffrax for Kvaerno5."""
+        default = (0.0, 1.0) if self.method == "rodas4" else (0.3, 0.4)
+        pcoeff = default[0] if self.pcoeff is None else self.pcoeff
+        icoeff = default[1] if self.icoeff is None else self.icoeff
+        return diffrax.PIDController(rtol=self.rtol, atol=self.atol, pcoeff=pcoeff, icoeff=icoeff)
 
 
 @jax.tree_util.register_dataclass
@@ -274,35 +288,45 @@ def _dose_amounts(plan: _Plan, lam, activity, total) -> jnp.ndarray:
 
 # ---------------------------------------------------------------------- core
 @eqx.filter_jit
-def _solve(plan: _Plan, opts: SolverOptions, p, times, event_times, t_end, activity, total):
+def _solve(plan: _Plan, opts: SolverOptions, with_tia: bool, p, times, event_times, t_end, activity, total):
     """Pure JAX (jitted per plan): amounts at `times` and the full state at t_end.
 
-    Returns (amounts (n_times, n_species), y_end (n_species + n_quadratures), ok, lambda).
+    Returns (amounts (n_times, n_species), y_end (n_species + n_quadratures), ok, lambda);
+    the TIA quadratures are part of the state only when `with_tia`.
     """
     c = plan.compiled
     d = c.assignments(p)
     lam = p[plan.lambda_index]  # (n_nuclides,) 1/h
     n_sp = len(c.model.species)
-    n_q = plan.region_hot.shape[0]
-    region_hot = jnp.asarray(plan.region_hot)
+    region_hot_np = plan.region_hot if with_tia else plan.region_hot[:0]
+    n_q = region_hot_np.shape[0]
+    region_hot = jnp.asarray(region_hot_np)
     amount = _dose_amounts(plan, lam, activity, total)
     doses = jnp.zeros((plan.n_events, n_sp + n_q)).at[plan.dose_event, plan.dose_species].add(amount)
 
     # solve for z = y / scale, scale = largest dose of each species' ligand form
     form_scale = jnp.max(jnp.asarray(plan.scale_of_row) * amount[None, :], axis=1)
     form_scale = jnp.where(form_scale > 0, form_scale, 1.0)
-    scale = jnp.concatenate([form_scale[plan.species_form], form_scale[plan.quadrature_form]])
+    scale = jnp.concatenate([form_scale[plan.species_form], form_scale[plan.quadrature_form[:n_q]]])
     doses = doses / scale
 
-    species_field = c.vector_field(p, d)
+    kinetics = c.kinetics(p, d)
+    species_field = kinetics.field
 
     def vector_field(t, z, args):
         amounts = z[:n_sp] * scale[:n_sp]
         return jnp.concatenate([species_field(amounts), region_hot @ amounts]) / scale
 
+    def jacobian(t, z, args):
+        """d(dz/dt)/dz = diag(1/s) [[J(y), 0], [R, 0]] diag(s), y = s z."""
+        j_species = kinetics.jacobian(z[:n_sp] * scale[:n_sp])
+        top = jnp.concatenate([j_species, jnp.zeros((n_sp, n_q))], axis=1)
+        bottom = jnp.concatenate([region_hot, jnp.zeros((n_q, n_q))], axis=1)
+        return jnp.concatenate([top, bottom], axis=0) * scale[None, :] / scale[:, None]
+
     term = diffrax.ODETerm(vector_field)
-    solver = diffrax.Kvaerno5()
-    controller = diffrax.PIDController(rtol=opts.rtol, atol=opts.atol, pcoeff=opts.pcoeff, icoeff=opts.icoeff)
+    solver = _make_solver(opts, jacobian)
+    controller = opts.controller()
     seg_t1 = jnp.concatenate([event_times[1:], jnp.reshape(t_end, (1,))])
     last = jnp.arange(plan.n_events) == plan.n_events - 1
 
@@ -325,6 +349,40 @@ def _solve(plan: _Plan, opts: SolverOptions, p, times, event_times, t_end, activ
     (y_end, out, ok), _ = jax.lax.scan(segment, (y0, out0, jnp.asarray(True)), (doses, event_times, seg_t1, last))
     ok = ok & jnp.all(jnp.isfinite(out)) & jnp.all(jnp.isfinite(y_end))
     return out[:, :n_sp] * scale[:n_sp], y_end * scale, ok, lam
+
+
+@eqx.filter_jit
+def _postprocess(plan: _Plan, with_tia: bool, amounts, y_end, lam, times, event_times, admin_activity, admin_total):
+    """Region activities (MBq), TIA to infinity (MBq*h) and urinary ligand fractions."""
+    n_sp = amounts.shape[1]
+    n_nuc, n_reg = len(plan.nuclides), plan.region_hot.shape[0] // max(len(plan.nuclides), 1)
+    mbq_per_nmol = lam * _MBQ_PER_NMOL_PER_LAMBDA_H  # (n_nuc,)
+    region_hot = jnp.asarray(plan.region_hot)
+    activity = (amounts @ region_hot.T).T.reshape(n_nuc, n_reg, -1) * mbq_per_nmol[:, None, None]
+    if with_tia:
+        q_end = y_end[n_sp:].reshape(n_nuc, n_reg)
+        tail = (region_hot @ y_end[:n_sp]).reshape(n_nuc, n_reg) / lam[:, None]
+        tia_values = (q_end + tail) * mbq_per_nmol[:, None]
+    else:
+        tia_values = jnp.full((n_nuc, n_reg), jnp.nan)
+    # ligand injected so far (nmol, labelled + unlabelled) per ligand, from the dose rows
+    doses_nmol = _dose_amounts(plan, lam, admin_activity, admin_total)
+    after = times[None, :] >= event_times[plan.dose_event][:, None]  # (n_rows, n_times)
+    per_ligand = jnp.asarray(np.eye(len(plan.ligands))[plan.dose_ligand].T)  # (n_ligands, n_rows)
+    ligand_injected = per_ligand @ (after * doses_nmol[:, None])
+    urine = (amounts @ jnp.asarray(plan.urine_ligand).T).T  # (n_ligands, n_times)
+    urine_fraction = urine / jnp.where(ligand_injected > 0, ligand_injected, jnp.nan)
+    return activity, tia_values, urine_fraction
+
+
+def _make_solver(opts: SolverOptions, jacobian):
+    if opts.method == "rodas4":
+        return Rodas4(jacobian=jacobian)
+    if opts.method == "kvaerno5":
+        return diffrax.Kvaerno5(
+            root_finder=diffrax.with_stepsize_controller_tols(diffrax.VeryChord)(linear_solver=PermutedLU())
+        )
+    raise PBPKError(f"SolverOptions.method must be 'rodas4' or 'kvaerno5', got {opts.method!r}")
 
 
 def simulate(
@@ -370,7 +428,7 @@ def simulate(
     t_end = max(t_end, last)
 
     event_times, admin_activity, admin_total = _schedule_arrays(schedule)
-    amounts, y_end, ok, lam = _solve(plan, options, p, jnp.asarray(times), jnp.asarray(event_times),
+    amounts, y_end, ok, lam = _solve(plan, options, bool(tia), p, jnp.asarray(times), jnp.asarray(event_times),
                                      jnp.asarray(t_end), jnp.asarray(admin_activity), jnp.asarray(admin_total))
     message = (
         f"pbpk solver failed for model {model.name!r} (step-size collapse, max_steps={options.max_steps} "
@@ -382,31 +440,12 @@ def simulate(
     else:
         amounts = eqx.error_if(amounts, ~ok, message)
 
-    n_sp = len(model.species)
-    n_nuc, n_reg = len(plan.nuclides), len(model.regions)
-    mbq_per_nmol = lam * _MBQ_PER_NMOL_PER_LAMBDA_H  # (n_nuc,)
-    region_hot = jnp.asarray(plan.region_hot)
-    hot_amounts = (amounts @ region_hot.T).T.reshape(n_nuc, n_reg, -1)
-    activity = hot_amounts * mbq_per_nmol[:, None, None]
-    if tia:
-        q_end = y_end[n_sp:].reshape(n_nuc, n_reg)
-        tail = (region_hot @ y_end[:n_sp]).reshape(n_nuc, n_reg) / lam[:, None]
-        tia_values = (q_end + tail) * mbq_per_nmol[:, None]
-    else:
-        tia_values = jnp.full((n_nuc, n_reg), jnp.nan)
-
-    injected = np.zeros((n_nuc, times.size))
-    ligand_injected = jnp.zeros((len(plan.ligands), times.size))
+    activity, tia_values, urine_fraction = _postprocess(
+        plan, bool(tia), amounts, y_end, lam, jnp.asarray(times), jnp.asarray(event_times),
+        jnp.asarray(admin_activity), jnp.asarray(admin_total))
+    injected = np.zeros((len(plan.nuclides), times.size))
     for a in schedule:
-        after = times >= a.time_h
-        injected[plan.nuclides.index(a.tracer.nuclide)] += np.where(after, a.activity_mbq, 0.0)
-    # ligand injected (nmol, hot + cold) per ligand, from the dose rows (traceable)
-    doses_nmol = _dose_amounts(plan, lam, jnp.asarray(admin_activity), jnp.asarray(admin_total))
-    for row in range(len(plan.dose_species)):
-        after = jnp.asarray(times >= event_times[plan.dose_event[row]])
-        ligand_injected = ligand_injected.at[plan.dose_ligand[row]].add(jnp.where(after, doses_nmol[row], 0.0))
-    urine = amounts @ jnp.asarray(plan.urine_ligand).T  # (n_times, n_ligands)
-    urine_fraction = urine.T / jnp.where(ligand_injected > 0, ligand_injected, jnp.nan)
+        injected[plan.nuclides.index(a.tracer.nuclide)] += np.where(times >= a.time_h, a.activity_mbq, 0.0)
 
     return Trajectory(
         times_h=jnp.asarray(times), amounts_nmol=amounts, region_activity_mbq=activity,

@@ -123,3 +123,10 @@ def test_pet_and_therapy_of_one_patient(pet_therapy_model):
     tx = pbpk.simulate(pet_therapy_model, pbpk.Schedule([pbpk.Administration(0.0, 115.0, 1.6, LU)]), TIMES_H)
     tx_big = pbpk.simulate(pet_therapy_model, pbpk.Schedule([pbpk.Administration(0.0, 115.0, 90.0, LU)]), TIMES_H)
     assert float(tx.tia_of("Lu-177")["kidneys"]) > float(tx_big.tia_of("Lu-177")["kidneys"])
+
+
+def test_rodas4_and_kvaerno5_agree(lu_model, therapy_trajectory):
+    """The two diffrax solvers (Rosenbrock with analytic Jacobian, ESDIRK with Newton) agree."""
+    kv = pbpk.simulate(lu_model, therapy(), TIMES_H, options=pbpk.SolverOptions(method="kvaerno5"))
+    np.testing.assert_allclose(kv.region_activity_mbq, therapy_trajectory.region_activity_mbq, rtol=2e-5, atol=1e-9)
+    np.testing.assert_allclose(kv.region_tia_mbq_h, therapy_trajectory.region_tia_mbq_h, rtol=2e-5)
