@@ -6,7 +6,7 @@ import jax as _jax
 _jax.config.update("jax_enable_x64", True)
 
 from .builder import ModelBuilder  # noqa: E402
-from .compile import compile_model  # noqa: E402
+from .compile import compile_model, region_volumes_ml  # noqa: E402
 from .errors import (  # noqa: E402
     ModelError, ParameterError, PBPKError, ScheduleError, SolverError, UnknownTracerError,
 )
@@ -20,5 +20,5 @@ __all__ = [
     "Administration", "Compartment", "LIGANDS", "Ligand", "LogNormalPrior", "Model", "ModelBuilder",
     "ModelError", "Parameter", "ParameterError", "PBPKError", "Reaction", "Region", "Schedule",
     "ScheduleError", "SolverError", "SolverOptions", "Trajectory", "simulate", "Species", "Tracer", "UnknownTracerError", "compile_model",
-    "psma_model", "tracer",
+    "psma_model", "region_volumes_ml", "tracer",
 ]

@@ -322,6 +322,15 @@ class Kinetics:
 _CACHE: "dict[int, tuple[Model, CompiledModel]]" = {}
 
 
+def region_volumes_ml(model: Model, params: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Region name -> volume (mL) for the model's default parameters with `params` applied
+    (e.g. kidneys, lesion_1, whole_body); the denominators for dose per activity."""
+    c = compile_model(model)
+    p = c.parameter_vector(params)
+    volumes = np.asarray(c.region_volumes_l(p, c.assignments(p))) * 1000.0
+    return {name: float(v) for name, v in zip(model.region_names, volumes)}
+
+
 def compile_model(model: Model) -> CompiledModel:
     """Compile (and cache, per model object) a model to JAX callables."""
     hit = _CACHE.get(id(model))
