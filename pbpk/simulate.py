@@ -14,9 +14,10 @@ with the number of cycles).  After the last administration the solve continues f
 to physical decay) is integrated analytically as A(T)/lambda, an upper bound of the true
 tail.  No truncation at the last output time.
 
-Solver: Kvaerno5 (implicit, L-stable ESDIRK, order 5) with a PID step-size controller,
-float64.  `simulate` works under `jax.jit`, `jax.vmap` (over parameter sets) and
-`jax.grad`.
+Solver: `pbpk.rosenbrock.Rodas4` (linearly implicit, L-stable, order 4) with the model's
+analytic Jacobian, or diffrax's Kvaerno5 (ESDIRK, order 5), inside `diffrax.diffeqsolve`
+with an adaptive step-size controller, float64 (see `SolverOptions`).  `simulate` works
+under `jax.jit`, `jax.vmap` (over parameter sets) and `jax.grad`.
 """
 
 from __future__ import annotations
@@ -421,10 +422,10 @@ def simulate(
     if concrete:
         c.check_parameters(np.asarray(p))
 
-    lam_max_half_life = float(np.log(2) / np.min(np.asarray(c.default_parameters)[plan.lambda_index])) if len(
-        plan.nuclides) else 0.0
+    decay_constants = np.asarray(c.default_parameters)[plan.lambda_index]
+    longest_half_life_h = float(np.log(2) / np.min(decay_constants)) if decay_constants.size else 0.0
     last = max(float(times[-1]), schedule.last_time_h)
-    t_end = schedule.last_time_h + TAIL_HALF_LIVES * lam_max_half_life if tia else last
+    t_end = schedule.last_time_h + TAIL_HALF_LIVES * longest_half_life_h if tia else last
     t_end = max(t_end, last)
 
     event_times, admin_activity, admin_total = _schedule_arrays(schedule)

@@ -110,7 +110,7 @@ class Tracer:
         return activity_mbq / self.mbq_per_nmol
 
 
-_TRACER_NAME = re.compile(r"^\s*([A-Za-z]{1,2}-?\d{1,3}m?)-(.+)$")
+_TRACER_NAME = re.compile(r"^\s*(\d{1,3}[A-Za-z]{1,2}|[A-Za-z]{1,2}-?\d{1,3}m?)-(.+)$")
 
 
 def ligand(name: str) -> Ligand:
