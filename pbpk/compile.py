@@ -28,10 +28,14 @@ jax.config.update("jax_enable_x64", True)
 
 
 def _lambdify(args, exprs) -> Callable:
+    """SymPy -> JAX: a function of 1-D arrays (one per symbol list in `args`) returning the
+    stacked values of `exprs`.  Arrays are split into scalars with static indices before
+    the generated code unpacks them (iterating a traced array is not always allowed)."""
     fn = sp.lambdify(args, list(exprs), modules="jax", cse=True)
 
-    def stacked(*a):
-        out = fn(*a)
+    def stacked(*arrays):
+        scalars = [[a[i] for i in range(len(syms))] for a, syms in zip(arrays, args)]
+        out = fn(*scalars)
         return jnp.stack([jnp.asarray(v, dtype=jnp.float64) for v in out]) if out else jnp.zeros((0,))
 
     return stacked
