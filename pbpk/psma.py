@@ -1,9 +1,10 @@
 """The whole-body PSMA radioligand PBPK model (Ulm model family).
 
 Structure after Kletting P et al. PLoS One 2016;11:e0162303, Begum NJ et al. J Nucl Med
-2018;59:929 and Sci Rep 2019;9:20041, Rinscheid A et al. EJNMMI Phys 2020;7:66, in the
-form re-published by Fele-Paranj A et al. EJNMMI Radiopharm Chem 2024;9:6 (public SBML
-``qurit/PyCNO: src/pycno/models/PSMA.sbml``; "PyCNO" below).  Time in h, amounts nmol,
+2018;59:929 and Sci Rep 2019;9:20041, Rinscheid A et al. EJNMMI Phys 2020
+(doi:10.1186/s40658-020-00311-0), in the form re-published by Fele-Paranj A et al.
+EJNMMI Radiopharm Chem 2024;9:6 (public SBML ``qurit/PyCNO: src/pycno/models/PSMA.sbml``;
+"PyCNO" below).  Time in h, amounts nmol,
 volumes L, flows L/h.
 
 Circulation: venous plasma -> lungs (whole cardiac plasma output F) -> arterial plasma ->
@@ -48,7 +49,7 @@ from .tracers import PER_MIN, Tracer, tracer as _tracer
 
 PYCNO = "Fele-Paranj A et al. EJNMMI Radiopharm Chem 2024;9:6, public SBML qurit/PyCNO PSMA.sbml"
 BARTELINK = "Amsterdam PSMA-617 PBPK code, ibartelink/Target-Site-PBPK-in-oncology (Siebinga/Bartelink)"
-ICRP89 = "ICRP Publication 89 (2002), reference adult male, Table 2.8"
+ICRP89 = "ICRP Publication 89 (2002), reference adult male organ masses"
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ LIGANDS: dict[str, Ligand] = {
         "KD 2.9 nM: natGa-PSMA-HBED-CC saturation binding, LNCaP (Gourni 2015); plasma-"
         "protein binding of 68Ga-PSMA-11 not found in the literature: unbound fraction 0.7 "
         "is an assumption (fast blood clearance, 91 % with T1/2 6.5 min, EJNMMI Phys "
-        "2019;6:1, doi:10.1186/s40658-018-0239-2).",
+        "2019, doi:10.1186/s40658-018-0239-2).",
     ),
     "DCFPyL": Ligand(
         "DCFPyL", _KON, 1.1, _LAMBDA_INT, 0.7,
