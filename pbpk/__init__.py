@@ -13,6 +13,7 @@ from .errors import (  # noqa: E402
 from .model import Compartment, LogNormalPrior, Model, Parameter, Reaction, Region, Species  # noqa: E402
 from .psma import psma_model  # noqa: E402
 from .schedule import Administration, Schedule  # noqa: E402
+from .sbml import to_sbml  # noqa: E402
 from .simulate import SolverOptions, Trajectory, simulate  # noqa: E402
 from .tracers import LIGANDS, Ligand, Tracer, tracer  # noqa: E402
 
@@ -20,5 +21,5 @@ __all__ = [
     "Administration", "Compartment", "LIGANDS", "Ligand", "LogNormalPrior", "Model", "ModelBuilder",
     "ModelError", "Parameter", "ParameterError", "PBPKError", "Reaction", "Region", "Schedule",
     "ScheduleError", "SolverError", "SolverOptions", "Trajectory", "simulate", "Species", "Tracer", "UnknownTracerError", "compile_model",
-    "psma_model", "region_volumes_ml", "tracer",
+    "psma_model", "region_volumes_ml", "to_sbml", "tracer",
 ]
