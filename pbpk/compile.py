@@ -12,7 +12,7 @@ evaluated.  The result is traceable by `jax.jit`, `jax.vmap` and `jax.grad`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable, Mapping
 
@@ -43,9 +43,11 @@ def _lambdify(args, exprs) -> Callable:
 
 @dataclass(frozen=True, eq=False)
 class CompiledModel:
-    """JAX callables and index tables for one `Model`."""
+    """JAX callables and index tables for one `Model`; `plans` caches the static
+    simulation plans (one per schedule structure) built by `pbpk.simulate`."""
 
     model: Model
+    plans: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------ symbols
     @cached_property
@@ -323,9 +325,6 @@ class Kinetics:
         return lambda y: field(y, a, b, cq, p, d)
 
 
-_CACHE: "dict[int, tuple[Model, CompiledModel]]" = {}
-
-
 def region_volumes_ml(model: Model, params: Mapping[str, float] | None = None) -> dict[str, float]:
     """Region name -> volume (mL) for the model's default parameters with `params` applied
     (e.g. kidneys, lesion_1, whole_body); the denominators for dose per activity."""
@@ -336,10 +335,10 @@ def region_volumes_ml(model: Model, params: Mapping[str, float] | None = None) -
 
 
 def compile_model(model: Model) -> CompiledModel:
-    """Compile (and cache, per model object) a model to JAX callables."""
-    hit = _CACHE.get(id(model))
-    if hit is not None and hit[0] is model:
-        return hit[1]
-    compiled = CompiledModel(model)
-    _CACHE[id(model)] = (model, compiled)
+    """Compile a model to JAX callables, cached on the model object itself (so the cache
+    lives exactly as long as the model)."""
+    compiled = model.__dict__.get("_compiled")
+    if compiled is None:
+        compiled = CompiledModel(model)
+        object.__setattr__(model, "_compiled", compiled)  # frozen dataclass: cache only
     return compiled

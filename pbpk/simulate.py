@@ -205,19 +205,15 @@ def _decay_parameter(model: Model, nuclide: str) -> str:
     return name
 
 
-_PLANS: dict = {}
-
-
 def _plan(model: Model, schedule: Schedule) -> _Plan:
+    """The static plan for this schedule structure (event pattern and tracers), cached on
+    the compiled model."""
     events = schedule.event_times_h
     structure = tuple((events.index(a.time_h), a.tracer.name) for a in schedule)
-    key = (id(model), structure)
-    hit = _PLANS.get(key)
-    if hit is not None and hit[0] is model:
-        return hit[1]
-    plan = _build_plan(model, schedule, structure)
-    _PLANS[key] = (model, plan)
-    return plan
+    plans = compile_model(model).plans
+    if structure not in plans:
+        plans[structure] = _build_plan(model, schedule, structure)
+    return plans[structure]
 
 
 def _build_plan(model: Model, schedule: Schedule, structure) -> _Plan:
