@@ -5,5 +5,6 @@
 
 from . import nuclides
 from .errors import DoseError, UnknownNuclideError
+from .nuclides import Nuclide, nuclide
 
-__all__ = ["nuclides", "DoseError", "UnknownNuclideError"]
+__all__ = ["nuclides", "nuclide", "Nuclide", "DoseError", "UnknownNuclideError"]

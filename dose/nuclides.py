@@ -16,8 +16,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from types import MappingProxyType
+from typing import Mapping
 
 from .errors import UnknownNuclideError
 
@@ -102,7 +105,40 @@ def energy_per_decay_mev(nuclide: str) -> dict[str, float]:
     return out
 
 
-def non_penetrating_energy_mev(nuclide: str) -> float:
+def non_penetrating_energy_mev(name: str) -> float:
     """Mean energy per decay of electrons and alphas (MeV): the local-deposition part."""
-    energies = energy_per_decay_mev(nuclide)
-    return sum(energies.get(kind, 0.0) for kind in NON_PENETRATING)
+    return nuclide(name).non_penetrating_mev
+
+
+@dataclass(frozen=True)
+class Nuclide:
+    """ICRP-107 data of one nuclide: half-life (h), decay constant (1/h), carrier-free
+    specific activity (MBq/nmol) and mean energy per decay by emission type (MeV)."""
+
+    name: str
+    half_life_h: float
+    energy_per_decay_mev: Mapping[str, float]
+
+    @property
+    def decay_constant_per_h(self) -> float:
+        return math.log(2.0) / self.half_life_h
+
+    @property
+    def mbq_per_nmol(self) -> float:
+        return self.decay_constant_per_h / 3600.0 * AVOGADRO_PER_MOL * 1e-9 / 1e6
+
+    @property
+    def non_penetrating_mev(self) -> float:
+        """Electrons and alphas per decay (MeV): what local deposition absorbs."""
+        return sum(self.energy_per_decay_mev.get(kind, 0.0) for kind in NON_PENETRATING)
+
+    @property
+    def penetrating_mev(self) -> float:
+        """Photons per decay (MeV)."""
+        return sum(self.energy_per_decay_mev.get(kind, 0.0) for kind in PENETRATING)
+
+
+def nuclide(name: str) -> Nuclide:
+    """ICRP-107 data for `name` (e.g. "Lu-177", "177Lu"); UnknownNuclideError otherwise."""
+    canonical = normalise_name(name)
+    return Nuclide(canonical, half_life_h(canonical), MappingProxyType(energy_per_decay_mev(canonical)))

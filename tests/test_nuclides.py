@@ -35,3 +35,20 @@ def test_lu177_energy_budget():
 def test_unknown_nuclide(bad):
     with pytest.raises(UnknownNuclideError):
         nuclides.half_life_h(bad)
+
+
+def test_nuclide_record():
+    import dose
+
+    lu = dose.nuclide("177Lu")
+    assert lu.name == "Lu-177"
+    assert lu.half_life_h == pytest.approx(6.647 * 24)
+    assert lu.mbq_per_nmol == pytest.approx(nuclides.mbq_per_nmol("Lu-177"), rel=1e-12)
+    # ICRP-107 177Lu: electrons 0.1479 MeV, photons (gamma + X) about 0.035 MeV per decay
+    assert lu.non_penetrating_mev == pytest.approx(0.1479, abs=5e-4)
+    assert lu.penetrating_mev == pytest.approx(0.0351, abs=1e-3)
+    # 68Ga: positrons (mean 0.836 MeV x 0.889) and 2 x 0.511 MeV annihilation photons per positron
+    ga = dose.nuclide("Ga-68")
+    assert ga.energy_per_decay_mev["beta+"] == pytest.approx(0.74, abs=0.02)
+    with pytest.raises(dose.UnknownNuclideError):
+        dose.nuclide("Qq-1")
