@@ -24,17 +24,9 @@ import numpy as np
 import roadrunner
 
 import pbpk
+from timing import median_time
 
 TRACER = "Lu-177-PSMA-617"
-
-
-def median_time(fn, repeats):
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
 
 
 def main():

@@ -14,7 +14,6 @@ Run:  python benchmarks/bench_simulate.py [--patients 256] [--repeats 5]
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import jax
@@ -23,18 +22,10 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 import pbpk
+from timing import median_time
 from pbpk.compile import compile_model
 
 TRACER = "Lu-177-PSMA-617"
-
-
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def virtual_cohort(model, n, seed=0):

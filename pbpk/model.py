@@ -38,6 +38,14 @@ HOT = "hot"
 COLD = "cold"
 
 
+def decay_parameter_name(nuclide: str) -> str:
+    """Name of the parameter holding a nuclide's physical decay constant (1/h), e.g.
+    "lambda_lu_177_per_h"; `pbpk.simulate` converts labelled amounts to activity with it."""
+    import re
+
+    return "lambda_" + re.sub(r"[^0-9A-Za-z]+", "_", nuclide).strip("_").lower() + "_per_h"
+
+
 @dataclass(frozen=True)
 class LogNormalPrior:
     """Log-normal prior: log(value) ~ Normal(log(median), sigma_log)."""

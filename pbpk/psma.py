@@ -44,7 +44,7 @@ import sympy as sp
 
 from .builder import ModelBuilder
 from .errors import ModelError
-from .model import LogNormalPrior, Model
+from .model import LogNormalPrior, Model, decay_parameter_name
 from .tracers import PER_MIN, Tracer, tracer as _tracer
 
 PYCNO = "Fele-Paranj A et al. EJNMMI Radiopharm Chem 2024;9:6, public SBML qurit/PyCNO PSMA.sbml"
@@ -275,7 +275,7 @@ class _Builder:
             b.parameter(f"lambda_int_{t}_per_h", lig.lambda_int_per_h, "1/h", source=src)
             b.parameter(f"fu_{t}", lig.unbound_fraction_plasma, "1", upper=1, source=src)
         for nuc in sorted({t.nuclide for t in self.tracers}):
-            b.parameter(f"lambda_{_tag(nuc)}_per_h", next(t for t in self.tracers if t.nuclide == nuc).decay_constant_per_h,
+            b.parameter(decay_parameter_name(nuc), next(t for t in self.tracers if t.nuclide == nuc).decay_constant_per_h,
                         "1/h", source=f"ICRP Publication 107 half-life of {nuc} (icrp107-database)")
 
     def blood(self):
@@ -459,7 +459,7 @@ class _Builder:
         for comp in b.compartment_names:
             for t in self.tracers:
                 hot, cold = self.sp_name(comp, (t.ligand.name, t.nuclide)), self.sp_name(comp, (t.ligand.name, None))
-                lam = sp.Symbol(f"lambda_{_tag(t.nuclide)}_per_h")
+                lam = sp.Symbol(decay_parameter_name(t.nuclide))
                 b.transfer(f"decay_{comp}__{_form_tag(t.ligand.name, t.nuclide)}", lam * sp.Symbol(hot), hot, cold)
 
     def regions(self):

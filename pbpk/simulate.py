@@ -37,7 +37,7 @@ from .compile import CompiledModel, compile_model
 from .errors import PBPKError, ScheduleError, SolverError
 from .linear_solver import PermutedLU
 from .rosenbrock import Rodas4
-from .model import Model
+from .model import Model, decay_parameter_name
 from .schedule import Administration, Schedule, as_schedule
 
 TAIL_HALF_LIVES = 20.0
@@ -197,9 +197,7 @@ class _Plan:
 
 
 def _decay_parameter(model: Model, nuclide: str) -> str:
-    import re
-
-    name = "lambda_" + re.sub(r"[^0-9A-Za-z]+", "_", nuclide).strip("_").lower() + "_per_h"
+    name = decay_parameter_name(nuclide)
     if name not in model.parameter_names:
         raise PBPKError(f"model {model.name!r} has no decay-constant parameter {name!r} for {nuclide}")
     return name
@@ -288,7 +286,8 @@ def _dose_amounts(plan: _Plan, lam, activity, total) -> jnp.ndarray:
 def _solve(plan: _Plan, opts: SolverOptions, with_tia: bool, p, times, event_times, t_end, activity, total):
     """Pure JAX (jitted per plan): amounts at `times` and the full state at t_end.
 
-    Returns (amounts (n_times, n_species), y_end (n_species + n_quadratures), ok, lambda);
+    Returns (amounts (n_times, n_species), y_end (n_species + n_quadratures), ok, lambda,
+    dose-row amounts (nmol));
     the TIA quadratures are part of the state only when `with_tia`.
     """
     c = plan.compiled
@@ -345,11 +344,11 @@ def _solve(plan: _Plan, opts: SolverOptions, with_tia: bool, p, times, event_tim
     out0 = jnp.zeros((times.shape[0], n_sp + n_q))
     (y_end, out, ok), _ = jax.lax.scan(segment, (y0, out0, jnp.asarray(True)), (doses, event_times, seg_t1, last))
     ok = ok & jnp.all(jnp.isfinite(out)) & jnp.all(jnp.isfinite(y_end))
-    return out[:, :n_sp] * scale[:n_sp], y_end * scale, ok, lam
+    return out[:, :n_sp] * scale[:n_sp], y_end * scale, ok, lam, amount
 
 
 @eqx.filter_jit
-def _postprocess(plan: _Plan, with_tia: bool, amounts, y_end, lam, times, event_times, admin_activity, admin_total):
+def _postprocess(plan: _Plan, with_tia: bool, amounts, y_end, lam, times, event_times, doses_nmol):
     """Region activities (MBq), TIA to infinity (MBq*h) and urinary ligand fractions."""
     n_sp = amounts.shape[1]
     n_nuc, n_reg = len(plan.nuclides), plan.region_hot.shape[0] // max(len(plan.nuclides), 1)
@@ -363,7 +362,6 @@ def _postprocess(plan: _Plan, with_tia: bool, amounts, y_end, lam, times, event_
     else:
         tia_values = jnp.full((n_nuc, n_reg), jnp.nan)
     # ligand injected so far (nmol, labelled + unlabelled) per ligand, from the dose rows
-    doses_nmol = _dose_amounts(plan, lam, admin_activity, admin_total)
     after = times[None, :] >= event_times[plan.dose_event][:, None]  # (n_rows, n_times)
     per_ligand = jnp.asarray(np.eye(len(plan.ligands))[plan.dose_ligand].T)  # (n_ligands, n_rows)
     ligand_injected = per_ligand @ (after * doses_nmol[:, None])
@@ -425,7 +423,7 @@ def simulate(
     t_end = max(t_end, last)
 
     event_times, admin_activity, admin_total = _schedule_arrays(schedule)
-    amounts, y_end, ok, lam = _solve(plan, options, bool(tia), p, jnp.asarray(times), jnp.asarray(event_times),
+    amounts, y_end, ok, lam, doses_nmol = _solve(plan, options, bool(tia), p, jnp.asarray(times), jnp.asarray(event_times),
                                      jnp.asarray(t_end), jnp.asarray(admin_activity), jnp.asarray(admin_total))
     message = (
         f"pbpk solver failed for model {model.name!r} (step-size collapse, max_steps={options.max_steps} "
@@ -438,11 +436,11 @@ def simulate(
         amounts = eqx.error_if(amounts, ~ok, message)
 
     activity, tia_values, urine_fraction = _postprocess(
-        plan, bool(tia), amounts, y_end, lam, jnp.asarray(times), jnp.asarray(event_times),
-        jnp.asarray(admin_activity), jnp.asarray(admin_total))
-    injected = np.zeros((len(plan.nuclides), times.size))
-    for a in schedule:
-        injected[plan.nuclides.index(a.tracer.nuclide)] += np.where(times >= a.time_h, a.activity_mbq, 0.0)
+        plan, bool(tia), amounts, y_end, lam, jnp.asarray(times), jnp.asarray(event_times), doses_nmol)
+    injected = np.zeros((len(plan.nuclides), times.size))  # activity injected so far, per nuclide
+    for i, nuc in enumerate(plan.nuclides):
+        for time_h, mbq in schedule.injected_activity_mbq(nuc):
+            injected[i] += np.where(times >= time_h, mbq, 0.0)
 
     return Trajectory(
         times_h=jnp.asarray(times), amounts_nmol=amounts, region_activity_mbq=activity,
