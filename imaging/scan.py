@@ -8,7 +8,9 @@ map one `Scan` to another (e.g. counts -> Bq/mL, Bq/mL -> SUV).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import math
+import numbers
+from dataclasses import dataclass, fields, replace
 
 import SimpleITK as sitk
 
@@ -42,6 +44,10 @@ class Scan:
     patient_weight_kg : body weight, kg (needed for SUV).
     patient_id, scan_id : identifiers carried into time-activity tables.
     source : the file or folder read, for error messages; None for images made in memory.
+    calibration_cps_per_mbq : SPECT/PET system sensitivity, counts per second per MBq
+        (counts -> activity; see `imaging.quantify.counts_to_bqml`).
+    real_world_slope, real_world_intercept : DICOM Real World Value Mapping from the
+        stored voxel values (counts) to Bq/mL: C = slope * counts + intercept.
     """
 
     image: sitk.Image
@@ -57,6 +63,9 @@ class Scan:
     patient_id: str = "anonymous"
     scan_id: str = "scan"
     source: str | None = None
+    calibration_cps_per_mbq: float | None = None
+    real_world_slope: float | None = None
+    real_world_intercept: float = 0.0
 
     def __post_init__(self):
         from .errors import ImagingError, UnitsError
@@ -70,8 +79,22 @@ class Scan:
             raise ImagingError(
                 f"{where}: decay_correction {self.decay_correction!r}; expected one of {DECAY_CORRECTIONS}"
             )
+        for field in ("time_h", "injected_activity_mbq", "acquisition_duration_s", "patient_weight_kg",
+                      "calibration_cps_per_mbq", "real_world_slope", "real_world_intercept"):
+            value = getattr(self, field)
+            if value is not None and not (isinstance(value, numbers.Real) and math.isfinite(value)):
+                raise ImagingError(f"{where}: {field} = {value!r}; expected a finite number or None")
+        for field in ("injected_activity_mbq", "acquisition_duration_s", "patient_weight_kg",
+                      "calibration_cps_per_mbq"):
+            value = getattr(self, field)
+            if value is not None and value <= 0:
+                raise ImagingError(f"{where}: {field} = {value!r}; expected a positive number")
         if self.image.GetDimension() != 3:
             raise ImagingError(f"{where}: image has {self.image.GetDimension()} dimensions; expected 3")
+
+    def metadata(self) -> dict:
+        """All fields but `image` and `source` (what a NIfTI sidecar stores)."""
+        return {name: getattr(self, name) for name in METADATA_FIELDS}
 
     def with_image(self, image: sitk.Image, **changes) -> "Scan":
         """A copy with a new image (same metadata unless changed)."""
@@ -85,3 +108,7 @@ class Scan:
     def voxel_volume_ml(self) -> float:
         sx, sy, sz = self.image.GetSpacing()
         return sx * sy * sz / 1000.0
+
+
+#: Scan fields other than the image and the source path: the metadata readers and writers carry.
+METADATA_FIELDS = tuple(f.name for f in fields(Scan) if f.name not in ("image", "source"))
