@@ -118,6 +118,9 @@ class Nuclide:
     name: str
     half_life_h: float
     energy_per_decay_mev: Mapping[str, float]
+    # Members whose emissions are included (the parent alone unless built with
+    # ``nuclide(name, in_situ_equilibrium=True)``).
+    chain: tuple[str, ...] = ()
 
     @property
     def decay_constant_per_h(self) -> float:
@@ -138,7 +141,218 @@ class Nuclide:
         return sum(self.energy_per_decay_mev.get(kind, 0.0) for kind in PENETRATING)
 
 
-def nuclide(name: str) -> Nuclide:
-    """ICRP-107 data for `name` (e.g. "Lu-177", "177Lu"); UnknownNuclideError otherwise."""
+def nuclide(name: str, in_situ_equilibrium: bool = False, max_half_life_h: float | None = None) -> Nuclide:
+    """ICRP-107 data for `name` (e.g. "Lu-177", "177Lu"); UnknownNuclideError otherwise.
+
+    ``in_situ_equilibrium=True``: energies per decay of the parent summed over its decay
+    chain with branching (:func:`equilibrium_energy_per_decay_mev`), i.e. all daughters
+    decay where the parent decayed; the half-life stays the parent's.
+    """
     canonical = normalise_name(name)
-    return Nuclide(canonical, half_life_h(canonical), MappingProxyType(energy_per_decay_mev(canonical)))
+    if in_situ_equilibrium:
+        keep = _kept_members(canonical, max_half_life_h)
+        members = tuple(m.name for m in decay_chain(canonical) if m.name in keep)
+        energies = equilibrium_energy_per_decay_mev(canonical, max_half_life_h)
+        return Nuclide(canonical, half_life_h(canonical), MappingProxyType(energies), members)
+    return Nuclide(canonical, half_life_h(canonical), MappingProxyType(energy_per_decay_mev(canonical)), (canonical,))
+
+
+# ---------------------------------------------------------------------------------
+# Emission lines and the beta spectrum
+# ---------------------------------------------------------------------------------
+
+ELECTRON_LINES = ("IE", "auger")  # discrete electrons: internal conversion and Auger
+PHOTON_LINES = ("gamma", "X", "annihilation")
+HEAVY_LOCAL = ("alpha", "alpha recoil")  # ranges < 0.1 mm in tissue: always local
+
+
+def emission_lines(nuclide: str, kinds: tuple[str, ...]) -> tuple[tuple[float, float], ...]:
+    """Discrete ICRP-107 lines ``(energy_mev, yield_per_decay)`` of the given emission
+    types, concatenated (e.g. ``kinds=PHOTON_LINES``)."""
+    emissions = _data(nuclide)["emissions"]
+    return tuple((float(e), float(y)) for kind in kinds for e, y in (emissions.get(kind) or ()))
+
+
+@dataclass(frozen=True)
+class BetaSpectrum:
+    """Continuous beta spectrum of ICRP-107 (``b-spectra``; beta- and beta+ together).
+
+    ``energy_mev`` is the kinetic-energy grid and ``pdf_per_mev`` the probability
+    density normalised to ``∫ pdf dE = 1`` (trapezoid rule on the ICRP grid);
+    ``yield_per_decay = ∫ dN/dE dE`` is the number of beta particles per decay (the
+    beta branching ratio) before normalisation.  The mean energy per beta particle is
+    ``∫ E pdf dE`` and ``yield_per_decay × mean`` is the beta energy per decay.
+    """
+
+    nuclide: str
+    energy_mev: tuple[float, ...]
+    pdf_per_mev: tuple[float, ...]
+    yield_per_decay: float
+
+    @property
+    def mean_mev(self) -> float:
+        """Mean kinetic energy per beta particle, ∫ E pdf(E) dE (trapezoid), MeV."""
+        e, p = self.energy_mev, self.pdf_per_mev
+        return float(sum(0.5 * (e[i + 1] - e[i]) * (e[i] * p[i] + e[i + 1] * p[i + 1]) for i in range(len(e) - 1)))
+
+    @property
+    def max_energy_mev(self) -> float:
+        """End-point energy: the end of the last grid interval with non-zero density, MeV."""
+        last = max(i for i, p in enumerate(self.pdf_per_mev) if p > 0.0)
+        return self.energy_mev[min(last + 1, len(self.energy_mev) - 1)]
+
+
+@lru_cache(maxsize=None)
+def beta_spectrum(nuclide: str) -> BetaSpectrum | None:
+    """ICRP-107 beta spectrum of `nuclide` normalised to unit area, or None when the
+    nuclide emits no beta particles (e.g. pure alpha or electron-capture nuclides)."""
+    name = normalise_name(nuclide)
+    pairs = _record(name)["emissions"].get("b-spectra") or []
+    if not pairs:
+        return None
+    energy = [float(e) for e, _ in pairs]
+    density = [max(float(n), 0.0) for _, n in pairs]
+    area = sum(0.5 * (energy[i + 1] - energy[i]) * (density[i] + density[i + 1]) for i in range(len(energy) - 1))
+    if not area > 0.0:
+        return None
+    return BetaSpectrum(name, tuple(energy), tuple(d / area for d in density), float(area))
+
+
+# ---------------------------------------------------------------------------------
+# Decay chains
+# ---------------------------------------------------------------------------------
+
+# Chemical element symbols in order of atomic number Z = 1 ... 103 (periodic table).
+_ELEMENTS = (
+    "H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge "
+    "As Se Br Kr Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm "
+    "Eu Gd Tb Dy Ho Er Tm Yb Lu Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U "
+    "Np Pu Am Cm Bk Cf Es Fm Md No Lr"
+).split()
+
+# A remainder of the branching (1 - alpha - beta-) below this is taken as rounding of
+# the ICRP-107 yields rather than a real electron-capture / isomeric branch.
+_BRANCH_ROUNDING = 1e-3
+
+
+def _split(name: str) -> tuple[int, int, bool]:
+    symbol, rest = name.split("-")
+    meta = "m" in rest
+    mass = int(re.match(r"\d+", rest).group(0))
+    return _ELEMENTS.index(symbol) + 1, mass, meta
+
+
+def _exists(name: str) -> bool:
+    return (resources.files("icrp107_database") / "icrp107" / f"{name}.json").is_file()
+
+
+@lru_cache(maxsize=None)
+def daughters(nuclide: str) -> tuple[tuple[str, float], ...]:
+    """Radioactive daughters ``(name, branching fraction)`` of one decay of `nuclide`.
+
+    The icrp107-database package carries no daughter table, so the decay modes are
+    inferred from the ICRP-107 emissions of the parent:
+
+    * alpha branch ``b_α = Σ alpha yields`` → (Z-2, A-4);
+    * beta- branch ``b_β- = Σ beta- yields`` → (Z+1, A);
+    * the remainder ``1 - b_α - b_β-`` (if above 1e-3): isomeric transition to the
+      ground state for a metastable parent, otherwise electron capture / beta+ → (Z-1, A).
+
+    A daughter counts only if ICRP-107 lists it (otherwise it is stable for the
+    purpose of dosimetry).  Limitation: decays that feed a metastable daughter state
+    (e.g. 99Mo → 99mTc) are assigned to the ground state.
+    """
+    name = normalise_name(nuclide)
+    emissions = _record(name)["emissions"]
+    z, a, meta = _split(name)
+    b_alpha = float(sum(y for _, y in emissions.get("alpha") or ()))
+    b_beta = float(sum(y for _, y in emissions.get("beta-") or ()))
+    branches = [((z - 2, a - 4), b_alpha), ((z + 1, a), b_beta)]
+    rest = 1.0 - b_alpha - b_beta
+    if rest > _BRANCH_ROUNDING:
+        branches.append(((z, a) if meta else (z - 1, a), rest))
+    out = []
+    for (zd, ad), fraction in branches:
+        if fraction <= 0.0 or not 1 <= zd <= len(_ELEMENTS):
+            continue
+        daughter = f"{_ELEMENTS[zd - 1]}-{ad}"
+        if daughter != name and _exists(daughter):
+            out.append((daughter, fraction))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ChainMember:
+    """One member of a decay chain: ``decays_per_parent_decay`` is the number of its
+    decays per decay of the chain parent (the product of branching fractions summed
+    over all paths; 1 for the parent)."""
+
+    name: str
+    decays_per_parent_decay: float
+    half_life_h: float
+
+
+@lru_cache(maxsize=None)
+def decay_chain(nuclide: str) -> tuple[ChainMember, ...]:
+    """The parent and all its radioactive descendants, in decay order.
+
+    ``n_k = Σ_paths Π b`` is the number of decays of member k per parent decay
+    (e.g. 225Ac: 213Po 0.979, 209Tl 0.021, 209Pb 1.0).  With the time-integrated
+    activity of the parent Ã_p, the time-integrated activity of member k is n_k Ã_p
+    when all daughters decay where they are formed (in-situ), whatever their
+    half-lives (every parent decay eventually produces n_k daughter decays).
+    """
+    parent = normalise_name(nuclide)
+    _record(parent)  # UnknownNuclideError if absent
+    counts: dict[str, float] = {parent: 1.0}
+    # Process in topological order: a member is expanded once all paths into it are known.
+    incoming: dict[str, int] = {}
+    stack, seen = [parent], {parent}
+    while stack:  # first pass: number of parents of every member
+        current = stack.pop()
+        for daughter, _ in daughters(current):
+            incoming[daughter] = incoming.get(daughter, 0) + 1
+            if daughter not in seen:
+                seen.add(daughter)
+                stack.append(daughter)
+    ready = [parent]
+    order = []
+    while ready:
+        current = ready.pop(0)
+        order.append(current)
+        for daughter, fraction in daughters(current):
+            counts[daughter] = counts.get(daughter, 0.0) + counts[current] * fraction
+            incoming[daughter] -= 1
+            if incoming[daughter] == 0:
+                ready.append(daughter)
+    return tuple(ChainMember(m, counts[m], half_life_h(m)) for m in order)
+
+
+def equilibrium_energy_per_decay_mev(nuclide: str, max_half_life_h: float | None = None) -> dict[str, float]:
+    """Energy emitted per decay of the parent by emission type (MeV), summed over the
+    decay chain in in-situ (secular) equilibrium: ``E_type = Σ_k n_k E_type,k``
+    with n_k from :func:`decay_chain`.
+
+    ``max_half_life_h``: members (and everything below them) with a longer half-life
+    are left out, e.g. to exclude a long-lived daughter that would leave the site.
+    """
+    keep = _kept_members(normalise_name(nuclide), max_half_life_h)
+    out: dict[str, float] = {}
+    for member in decay_chain(nuclide):
+        if member.name not in keep:
+            continue
+        for kind, energy in energy_per_decay_mev(member.name).items():
+            out[kind] = out.get(kind, 0.0) + member.decays_per_parent_decay * energy
+    return out
+
+
+def _kept_members(parent: str, max_half_life_h: float | None) -> set[str]:
+    if max_half_life_h is None:
+        return {m.name for m in decay_chain(parent)}
+    keep, stack = {parent}, [parent]
+    while stack:
+        for daughter, _ in daughters(stack.pop()):
+            if daughter not in keep and half_life_h(daughter) <= max_half_life_h:
+                keep.add(daughter)
+                stack.append(daughter)
+    return keep
