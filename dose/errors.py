@@ -10,3 +10,13 @@ class UnknownNuclideError(DoseError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return str(self.args[0])
+
+
+class GeometryError(DoseError):
+    """Images or arrays that must share one voxel grid do not (shape, spacing, origin,
+    direction), or a voxel size that is not a positive finite number."""
+
+
+class InvalidDoseInputError(DoseError):
+    """A dose-engine input with invalid values: negative or NaN activity, an unknown
+    method or unit, a kernel of the wrong shape, invalid radiobiology parameters."""
