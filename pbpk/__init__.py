@@ -8,12 +8,13 @@ _jax.config.update("jax_enable_x64", True)
 from .builder import ModelBuilder  # noqa: E402
 from .compile import compile_model, region_volumes_ml  # noqa: E402
 from .errors import (  # noqa: E402
-    ModelError, ParameterError, PBPKError, ScheduleError, SolverError, UnknownTracerError,
+    ModelError, ParameterError, PBPKError, SBMLError, ScheduleError, SolverError, UnknownTracerError,
 )
 from .model import Compartment, LogNormalPrior, Model, Parameter, Reaction, Region, Species  # noqa: E402
 from .psma import psma_model  # noqa: E402
 from .schedule import Administration, Schedule  # noqa: E402
 from .sbml import to_sbml  # noqa: E402
+from .sbml_import import SBMLModel, from_sbml  # noqa: E402
 from .simulate import SolverOptions, Trajectory, simulate  # noqa: E402
 from .tracers import LIGANDS, Ligand, Tracer, tracer  # noqa: E402
 
@@ -21,5 +22,5 @@ __all__ = [
     "Administration", "Compartment", "LIGANDS", "Ligand", "LogNormalPrior", "Model", "ModelBuilder",
     "ModelError", "Parameter", "ParameterError", "PBPKError", "Reaction", "Region", "Schedule",
     "ScheduleError", "SolverError", "SolverOptions", "Trajectory", "simulate", "Species", "Tracer", "UnknownTracerError", "compile_model",
-    "psma_model", "region_volumes_ml", "to_sbml", "tracer",
+    "psma_model", "region_volumes_ml", "to_sbml", "tracer", "from_sbml", "SBMLModel", "SBMLError",
 ]

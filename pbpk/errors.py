@@ -30,3 +30,8 @@ class ScheduleError(PBPKError):
 
 class SolverError(PBPKError, RuntimeError):
     """The ODE solver failed (step-size collapse, too many steps, non-finite state)."""
+
+
+class SBMLError(ModelError):
+    """An SBML file that cannot be read or uses a construct the importer does not support;
+    the message names the file, the construct and the SBML element id."""

@@ -1,16 +1,17 @@
 """SBML export of `pbpk` models (python-libsbml), so other tools (libroadrunner, COPASI,
-SimBiology) can simulate them.  Import (`from_sbml`) is not implemented yet.
+SimBiology) can simulate them.  Import is `pbpk.sbml_import.from_sbml`.
 
 Mapping (SBML Level 3 Version 2):
 * parameters -> constant global parameters (value; unit, source and bounds in notes);
 * assignments -> constant global parameters with an initialAssignment (their maths);
 * compartments -> constant compartments, size by initialAssignment when not a number;
-* species -> amounts (hasOnlySubstanceUnits=true, initial amount 0; doses are set by the
-  user of the file, e.g. as initial amounts or events);
+* species -> amounts (hasOnlySubstanceUnits=true, initial amount 0, or the initial amounts
+  of a model imported from SBML; doses are set by the user of the file, e.g. as initial
+  amounts or events); SBML display names of an imported model -> `name` attributes;
 * reactions -> reactions with kinetic laws in nmol/h (reversible, since exchange fluxes may
   change sign), stoichiometry from the model;
-* ligand/nuclide tags of species, regions and dose targets -> an annotation in the
-  ``https://rpt-twin.org/sbml`` namespace.
+* ligand/nuclide tags of species, regions (with their volume as MathML), dose targets and
+  positive assignments -> an annotation in the ``https://rpt-twin.org/sbml`` namespace.
 Model units: time hour, substance nmol, volume litre.  Maths goes through SymPy's content
 MathML printer and libsbml's MathML reader; nothing is evaluated as text.
 """
@@ -62,6 +63,18 @@ def _check(code: int, what: str) -> None:
         raise ModelError(f"libsbml refused {what} (code {code})")
 
 
+def parameter_notes(p) -> str:
+    """XHTML paragraphs holding what SBML has no place for: unit text, bounds, source,
+    description and log-normal prior of a parameter (read back by `pbpk.sbml_import`)."""
+    text = f"<p>unit: {escape(p.unit)}; bounds: [{float(p.lower)!r}, {float(p.upper)!r}]; source: {escape(p.source)}</p>"
+    if p.description:
+        text += f"<p>description: {escape(p.description)}</p>"
+    if p.prior is not None:
+        text += (f"<p>prior: lognormal; median: {float(p.prior.median)!r}; sigma_log: {float(p.prior.sigma_log)!r}; "
+                 f"source: {escape(p.prior.source)}</p>")
+    return text
+
+
 def _units(libsbml, model) -> None:
     for uid, kind, scale, multiplier in (("hour", libsbml.UNIT_KIND_SECOND, 0, 3600.0),
                                          ("nmol", libsbml.UNIT_KIND_MOLE, -9, 1.0),
@@ -87,17 +100,24 @@ def to_sbml(model: Model, path: str | os.PathLike) -> Path:
     m.setId("".join(ch if ch.isalnum() or ch == "_" else "_" for ch in model.name) or "model")
     m.setName(model.name)
     _units(libsbml, m)
+    names = getattr(model, "display_names", {})  # SBML names of a model imported from SBML
+    initial = {s: sp.sympify(e) for s, e in getattr(model, "initial_amounts", ())}
+
+    def named(element, ident):
+        if ident in names:
+            element.setName(names[ident])
 
     for p in model.parameters:
         sp_ = m.createParameter()
         _check(sp_.setId(p.name), f"parameter id {p.name!r}")
+        named(sp_, p.name)
         sp_.setValue(p.value)
         sp_.setConstant(True)
-        sp_.setNotes(f'<body xmlns="http://www.w3.org/1999/xhtml"><p>unit: {escape(p.unit)}; bounds: '
-                     f'[{p.lower}, {p.upper}]; source: {escape(p.source)}</p></body>')
+        sp_.setNotes(f'<body xmlns="http://www.w3.org/1999/xhtml">{parameter_notes(p)}</body>')
     for name, expr in model.assignments:
         sp_ = m.createParameter()
         _check(sp_.setId(name), f"assignment id {name!r}")
+        named(sp_, name)
         sp_.setConstant(True)
         ia = m.createInitialAssignment()
         ia.setSymbol(name)
@@ -105,6 +125,7 @@ def to_sbml(model: Model, path: str | os.PathLike) -> Path:
     for c in model.compartments:
         comp = m.createCompartment()
         _check(comp.setId(c.name), f"compartment id {c.name!r}")
+        named(comp, c.name)
         comp.setConstant(True)
         comp.setSpatialDimensions(3)
         volume = sp.sympify(c.volume)
@@ -117,8 +138,15 @@ def to_sbml(model: Model, path: str | os.PathLike) -> Path:
     for s in model.species:
         spc = m.createSpecies()
         _check(spc.setId(s.name), f"species id {s.name!r}")
+        named(spc, s.name)
         spc.setCompartment(s.compartment)
-        spc.setInitialAmount(0.0)
+        amount = initial.get(s.name, sp.Integer(0))
+        if amount.is_number:
+            spc.setInitialAmount(float(amount))
+        else:
+            ia = m.createInitialAssignment()
+            ia.setSymbol(s.name)
+            _check(ia.setMath(_math(libsbml, amount, f"initial amount of {s.name!r}")), f"initial amount of {s.name!r}")
         spc.setHasOnlySubstanceUnits(True)
         spc.setBoundaryCondition(False)
         spc.setConstant(False)
@@ -127,6 +155,7 @@ def to_sbml(model: Model, path: str | os.PathLike) -> Path:
     for r in model.reactions:
         rx = m.createReaction()
         _check(rx.setId(r.name), f"reaction id {r.name!r}")
+        named(rx, r.name)
         rx.setReversible(True)
         for species, coef in r.stoichiometry:
             ref = rx.createReactant() if coef < 0 else rx.createProduct()
@@ -136,11 +165,15 @@ def to_sbml(model: Model, path: str | os.PathLike) -> Path:
         law = rx.createKineticLaw()
         _check(law.setMath(_math(libsbml, r.rate, f"reaction {r.name!r}")), f"rate of {r.name!r}")
 
-    regions = "".join(f'<rpt:region id={quoteattr(reg.name)} species={quoteattr(" ".join(reg.species))}/>'
-                      for reg in model.regions)
+    regions = "".join(
+        f'<rpt:region id={quoteattr(reg.name)} species={quoteattr(" ".join(reg.species))}>'
+        + ("" if reg.volume is None else _MATHML.format(_ContentMathML().doprint(sp.sympify(reg.volume))))
+        + "</rpt:region>"
+        for reg in model.regions)
     targets = "".join(f'<rpt:doseTarget ligand={quoteattr(lig)} nuclide={quoteattr(nuc or "")} species={quoteattr(s)}/>'
                       for (lig, nuc), s in model.dose_targets.items())
-    m.setAnnotation(f'<rpt:model xmlns:rpt="{NAMESPACE}">{regions}{targets}</rpt:model>')
+    positive = "".join(f'<rpt:positive assignment={quoteattr(a)}/>' for a in model.positive_assignments)
+    m.setAnnotation(f'<rpt:model xmlns:rpt="{NAMESPACE}">{regions}{targets}{positive}</rpt:model>')
 
     if doc.checkInternalConsistency() and doc.getNumErrors(libsbml.LIBSBML_SEV_ERROR):
         raise ModelError(f"SBML export of {model.name!r} is inconsistent: {doc.getErrorLog().toString()}")
