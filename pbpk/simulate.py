@@ -34,7 +34,7 @@ import numpy as np
 from dose.nuclides import AVOGADRO_PER_MOL
 
 from .compile import CompiledModel, compile_model
-from .errors import PBPKError, ScheduleError, SolverError
+from .errors import ModelError, PBPKError, ScheduleError, SolverError
 from .linear_solver import PermutedLU
 from .rosenbrock import Rodas4
 from .model import Model, decay_parameter_name
@@ -51,6 +51,10 @@ class SolverOptions:
     method: "rodas4" (default; `pbpk.rosenbrock.Rodas4`, linearly implicit, with the
     model's analytic Jacobian) or "kvaerno5" (diffrax's ESDIRK with chord-Newton
     iterations).  Both run inside `diffrax.diffeqsolve` with a PID step-size controller.
+    adjoint: how derivatives pass through the solve: "reverse" (diffrax's
+    RecursiveCheckpointAdjoint, for `jax.grad` with many parameters) or "forward"
+    (diffrax's ForwardMode, for `jax.jvp`/`jax.jacfwd` with few parameters, e.g. NUTS
+    with `forward_mode_differentiation=True`; reverse mode is then unavailable).
     The solver works on amounts scaled by the largest administered amount of each ligand
     form (labelled per tracer, unlabelled per ligand), so `atol` is relative to the dose:
     1e-9 means 1e-9 of the injected amount, whether that is 0.001 nmol of 68Ga-PSMA-11 or
@@ -61,6 +65,11 @@ class SolverOptions:
     atol: float = 1e-9
     method: str = "rodas4"
     max_steps: int = 20_000
+    adjoint: str = "reverse"
+
+    def __post_init__(self):
+        if self.adjoint not in ("reverse", "forward"):
+            raise PBPKError(f"SolverOptions.adjoint = {self.adjoint!r}; expected 'reverse' or 'forward'")
     pcoeff: float | None = None
     icoeff: float | None = None
 
@@ -85,6 +94,8 @@ class Trajectory:
     urine_ligand_fraction: (n_ligands, n_times) cumulative urinary excretion of each
       ligand as a fraction of the ligand injected so far (decay-independent, i.e. the
       decay-corrected %IA excreted / 100).
+    solver_ok: scalar bool, True when every solve segment succeeded (always True unless
+      `simulate(..., check=False)`; then a False here means the other arrays are invalid).
     """
 
     times_h: jnp.ndarray
@@ -93,6 +104,7 @@ class Trajectory:
     region_tia_mbq_h: jnp.ndarray
     injected_mbq: jnp.ndarray
     urine_ligand_fraction: jnp.ndarray
+    solver_ok: jnp.ndarray
     species: tuple[str, ...] = field(metadata=dict(static=True))
     regions: tuple[str, ...] = field(metadata=dict(static=True))
     nuclides: tuple[str, ...] = field(metadata=dict(static=True))
@@ -323,6 +335,7 @@ def _solve(plan: _Plan, opts: SolverOptions, with_tia: bool, p, times, event_tim
     term = diffrax.ODETerm(vector_field)
     solver = _make_solver(opts, jacobian)
     controller = opts.controller()
+    adjoint = diffrax.ForwardMode() if opts.adjoint == "forward" else diffrax.RecursiveCheckpointAdjoint()
     seg_t1 = jnp.concatenate([event_times[1:], jnp.reshape(t_end, (1,))])
     last = jnp.arange(plan.n_events) == plan.n_events - 1
 
@@ -333,7 +346,7 @@ def _solve(plan: _Plan, opts: SolverOptions, with_tia: bool, p, times, event_tim
         sol = diffrax.diffeqsolve(
             term, solver, t0, t1, dt0=None, y0=y,
             saveat=diffrax.SaveAt(ts=jnp.clip(times, t0, t1), t1=True),
-            stepsize_controller=controller, max_steps=opts.max_steps, throw=False,
+            stepsize_controller=controller, max_steps=opts.max_steps, throw=False, adjoint=adjoint,
         )
         in_seg = (times >= t0) & ((times < t1) | is_last)
         out = jnp.where(in_seg[:, None], sol.ys[:-1], out)
@@ -388,6 +401,7 @@ def simulate(
     *,
     tia: bool = True,
     options: SolverOptions = SolverOptions(),
+    check: bool = True,
 ) -> Trajectory:
     """Simulate `model` under `schedule`, reporting at `times_h` (h, schedule clock).
 
@@ -398,8 +412,18 @@ def simulate(
     Raises ScheduleError for output times before the first administration, ParameterError
     for parameters out of bounds (checked when concrete) and SolverError when the solver
     fails (under jit the failure surfaces as an `equinox` runtime error with the same text).
+    check=False turns the solver-failure error off: the result's `solver_ok` flag says
+    whether the solve succeeded (for samplers and optimisers that must survive extreme
+    proposals; parameter bounds are then not checked either).
     """
     schedule = as_schedule(schedule)
+    if getattr(model, "initial_amounts", ()):
+        # imported models may start with non-zero amounts; the solve below starts from
+        # zero at the first administration, so refuse rather than silently ignore them
+        raise ModelError(
+            f"model {model.name!r} has non-zero initial amounts ({', '.join(s for s, _ in model.initial_amounts)}); "
+            "simulate() starts from zero amounts and does not support them yet: integrate "
+            "compile_model(model).vector_field from model.initial_amounts_nmol() instead")
     times = np.asarray(times_h, dtype=np.float64)
     if times.ndim != 1 or times.size == 0 or not np.all(np.isfinite(times)):
         raise ScheduleError("times_h must be a non-empty 1-D sequence of finite times (h)")
@@ -413,7 +437,7 @@ def simulate(
     c = plan.compiled
     p = c.parameter_vector(params)
     concrete = not isinstance(p, jax.core.Tracer)
-    if concrete:
+    if concrete and check:
         c.check_parameters(np.asarray(p))
 
     decay_constants = np.asarray(c.default_parameters)[plan.lambda_index]
@@ -429,10 +453,10 @@ def simulate(
         f"pbpk solver failed for model {model.name!r} (step-size collapse, max_steps={options.max_steps} "
         f"reached or non-finite state); check parameters, or loosen rtol/atol"
     )
-    if concrete:
+    if check and concrete:
         if not bool(ok):
             raise SolverError(message)
-    else:
+    elif check:
         amounts = eqx.error_if(amounts, ~ok, message)
 
     activity, tia_values, urine_fraction = _postprocess(
@@ -445,5 +469,5 @@ def simulate(
     return Trajectory(
         times_h=jnp.asarray(times), amounts_nmol=amounts, region_activity_mbq=activity,
         region_tia_mbq_h=tia_values, injected_mbq=jnp.asarray(injected), urine_ligand_fraction=urine_fraction,
-        species=model.species_names, regions=model.region_names, nuclides=plan.nuclides, ligands=plan.ligands,
+        solver_ok=jnp.asarray(ok), species=model.species_names, regions=model.region_names, nuclides=plan.nuclides, ligands=plan.ligands,
     )

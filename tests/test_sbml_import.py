@@ -426,3 +426,12 @@ def test_imported_model_exports_again_and_libroadrunner_agrees(tmp_path):
         rr.timeCourseSelections = ["time"] + species
         results.append(np.asarray(rr.simulate(times=list(times_s * time_scale)))[:, 1:] * amount_scale)
     np.testing.assert_allclose(results[1], results[0], rtol=1e-6, atol=1e-9 * np.abs(results[0]).max())
+
+
+def test_simulate_refuses_models_with_initial_amounts(tmp_path):
+    """simulate() starts from zero amounts; a model that starts elsewhere is refused, not
+    silently simulated from zero."""
+    model = pbpk.from_sbml(_other_tool_model(tmp_path / "other.xml"))
+    assert model.initial_amounts
+    with pytest.raises(pbpk.ModelError, match="initial amounts"):
+        pbpk.simulate(model, pbpk.Schedule([pbpk.Administration(0.0, 100.0, None, "Lu-177-PSMA-617")]), [1.0])

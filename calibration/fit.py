@@ -1,0 +1,182 @@
+"""`calibration.fit`: MAP, Laplace, SVI and NUTS fits of one patient.
+
+Every method starts from the maximum a posteriori (MAP) point, found by L-BFGS
+(scipy) on NumPyro's potential energy (negative log joint density in unconstrained
+space) with JAX gradients:
+
+* ``laplace``: Gaussian at the MAP with covariance H^-1, H the Hessian of the potential
+  by central differences of the JAX gradient (step 1e-4 in unconstrained units;
+  differentiating the adaptive solver twice is avoided on purpose);
+* ``svi``: `numpyro.infer.autoguide.AutoMultivariateNormal` initialised at the MAP,
+  Adam, non-finite updates skipped (``stable_update``);
+* ``nuts`` (default): NumPyro NUTS, dense mass matrix, target acceptance 0.9, chains
+  started at the MAP with a small jitter.
+
+Derivatives through the ODE solve are forward mode (diffrax ``ForwardMode``; NUTS with
+``forward_mode_differentiation=True``) for MAP, Laplace and NUTS: with a handful of free
+parameters this avoids the checkpointed reverse pass (measured ~1.4x faster per gradient
+on the test model); SVI uses reverse mode, which its ELBO gradient requires.  Chains run ``sequential`` by default (on a CPU
+  ``parallel`` needs ``numpyro.set_host_device_count(n)`` before JAX starts; pass
+  ``chain_method="parallel"`` then; ``vectorized`` is the option for a GPU).
+
+All randomness comes from ``seed``; the same call gives the same samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import scipy.optimize
+from jax.flatten_util import ravel_pytree
+from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, init_to_value
+from numpyro.infer.autoguide import AutoMultivariateNormal
+from numpyro.infer.util import initialize_model
+from numpyro.optim import Adam
+
+import pbpk
+
+from .errors import CalibrationError
+from .likelihood import CALIBRATION_SOLVER, Problem, numpyro_model
+from .observations import observations_from_table
+from .posterior import Posterior
+from .priors import resolve_free_parameters
+
+METHODS = ("nuts", "svi", "laplace")
+_FD_STEP = 1e-4
+
+
+def make_problem(model: pbpk.Model, table: pd.DataFrame, schedule, *, free=None, patient=None,
+                 options: pbpk.SolverOptions = CALIBRATION_SOLVER) -> Problem:
+    """Validate the inputs and bundle them for the NumPyro model."""
+    if not isinstance(model, pbpk.Model):
+        raise CalibrationError(f"model: expected a pbpk.Model, got {type(model).__name__}")
+    try:
+        schedule = pbpk.schedule.as_schedule(schedule)
+    except pbpk.ScheduleError as exc:
+        raise CalibrationError(f"schedule: {exc}") from None
+    observations = observations_from_table(table, model, schedule, patient)
+    return Problem(model, schedule, observations, resolve_free_parameters(model, free), options)
+
+
+class _Potential:
+    """Potential energy (negative log density) on a flat unconstrained vector."""
+
+    def __init__(self, problem: Problem, seed: int):
+        forward = problem.options.adjoint == "forward"
+        info = initialize_model(jax.random.PRNGKey(seed), numpyro_model, model_args=(problem,),
+                                init_strategy=init_to_value(values=self._prior_centre(problem)),
+                                forward_mode_differentiation=forward)
+        self.unravel = ravel_pytree(info.param_info.z)[1]
+        self.x0 = np.asarray(ravel_pytree(info.param_info.z)[0])
+        self.postprocess = info.postprocess_fn
+        potential = info.potential_fn
+
+        def flat(x):
+            return potential(self.unravel(x))
+
+        derivative = jax.jacfwd if forward else jax.grad
+        self.grad = jax.jit(derivative(flat))
+        self.value_and_grad = jax.jit(lambda x: (flat(x), derivative(flat)(x)))
+
+    @staticmethod
+    def _prior_centre(problem: Problem) -> dict:
+        from .priors import ERROR_SCALE_MEDIANS
+
+        return {"z": jnp.zeros(len(problem.free)),
+                "error_scale": jnp.asarray([ERROR_SCALE_MEDIANS[g] for g in problem.used_error_groups])}
+
+    def scipy_objective(self, x):
+        v, g = self.value_and_grad(jnp.asarray(x))
+        v, g = float(v), np.asarray(g, dtype=float)
+        if not (np.isfinite(v) and np.all(np.isfinite(g))):
+            return 1e10, np.zeros_like(g)
+        return v, g
+
+    def constrained(self, x) -> dict:
+        return self.postprocess(self.unravel(jnp.asarray(x)))
+
+
+def find_map(potential: _Potential, max_iter: int = 500) -> tuple[np.ndarray, scipy.optimize.OptimizeResult]:
+    """L-BFGS from the prior centre; returns the unconstrained MAP and scipy's result."""
+    res = scipy.optimize.minimize(potential.scipy_objective, potential.x0, jac=True, method="L-BFGS-B",
+                                  options=dict(maxiter=max_iter, gtol=1e-6))
+    if not np.all(np.isfinite(res.x)) or res.fun >= 1e9:
+        raise CalibrationError("MAP search failed: every solve from the prior centre failed; check the "
+                               "schedule, the table's units (MBq) and the free parameters' priors")
+    return res.x, res
+
+
+def laplace_covariance(potential: _Potential, x_map: np.ndarray) -> tuple[np.ndarray, bool]:
+    """H^-1 at the MAP from a central-difference Hessian of the gradient; also whether H
+    was positive definite (if not, it is regularised by its smallest eigenvalue + 1e-6)."""
+    n = x_map.size
+    h = np.empty((n, n))
+    for j in range(n):
+        e = np.zeros(n)
+        e[j] = _FD_STEP
+        h[:, j] = (np.asarray(potential.grad(jnp.asarray(x_map + e))) -
+                   np.asarray(potential.grad(jnp.asarray(x_map - e)))) / (2 * _FD_STEP)
+    h = 0.5 * (h + h.T)
+    eig = np.linalg.eigvalsh(h)
+    positive = bool(np.all(np.isfinite(h)) and eig[0] > 0)
+    if not positive:
+        h = np.nan_to_num(h) + (abs(np.nanmin(eig)) + 1e-6) * np.eye(n)
+    return np.linalg.inv(h), positive
+
+
+def fit(model: pbpk.Model, table: pd.DataFrame, schedule, method: str = "nuts", *, free=None,
+        patient: str | None = None, seed: int = 0, num_warmup: int = 500, num_samples: int = 1000,
+        num_chains: int = 4, chain_method: str = "sequential", svi_steps: int = 2000,
+        svi_learning_rate: float = 0.01, options: pbpk.SolverOptions = CALIBRATION_SOLVER) -> Posterior:
+    """Fit `model` to one patient's time-activity `table` under `schedule`.
+
+    method: "nuts" (default), "svi" or "laplace" (see module docstring).
+    free: names of the parameters to fit (default priors), `FreeParameter`s, or a mapping
+      name -> (median, sigma_log); default `calibration.priors.default_free_parameters`.
+    Returns a `Posterior` with `num_samples` draws per chain (Laplace and SVI: one chain).
+    """
+    if method not in METHODS:
+        raise CalibrationError(f"method {method!r}; expected one of {METHODS}")
+    # forward-mode derivatives through the solve for NUTS/Laplace (few parameters, no
+    # checkpointed reverse pass); SVI's ELBO gradient needs reverse mode
+    options = dataclasses.replace(options, adjoint="reverse" if method == "svi" else "forward")
+    problem = make_problem(model, table, schedule, free=free, patient=patient, options=options)
+    potential = _Potential(problem, seed)
+    x_map, opt = find_map(potential)
+    key = jax.random.PRNGKey(seed)
+    info = {"map_unconstrained": x_map, "map_iterations": int(opt.nit), "map_success": bool(opt.success)}
+
+    if method == "laplace":
+        cov, positive = laplace_covariance(potential, x_map)
+        info["hessian_positive_definite"] = positive
+        draws = np.random.default_rng(seed).multivariate_normal(x_map, cov, size=num_samples)
+        samples = jax.vmap(potential.constrained)(jnp.asarray(draws))
+        return Posterior.from_draws(problem, method, samples, chains=1, info=info)
+
+    map_values = potential.constrained(x_map)
+    init = init_to_value(values={"z": map_values["z"], "error_scale": map_values["error_scale"]})
+    if method == "svi":
+        guide = AutoMultivariateNormal(numpyro_model, init_loc_fn=init, init_scale=0.05)
+        svi = SVI(numpyro_model, guide, Adam(svi_learning_rate), Trace_ELBO())
+        result = svi.run(key, svi_steps, problem, progress_bar=False, stable_update=True)
+        draws = guide.sample_posterior(jax.random.fold_in(key, 1), result.params, sample_shape=(num_samples,))
+        draws = {k: draws[k] for k in ("z", "error_scale")}
+        samples = dict(draws, **Predictive(numpyro_model, posterior_samples=draws,
+                                           return_sites=["theta", "solver_ok"])(key, problem))
+        info["elbo_loss_final"] = float(np.mean(np.asarray(result.losses)[-100:]))
+        return Posterior.from_draws(problem, method, samples, chains=1, info=info)
+
+    kernel = NUTS(numpyro_model, dense_mass=True, target_accept_prob=0.9, max_tree_depth=8, init_strategy=init,
+                  forward_mode_differentiation=True)
+    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                chain_method=chain_method, progress_bar=False)
+    jitter = 0.05 * np.random.default_rng(seed).standard_normal((num_chains, x_map.size))
+    init_params = jax.vmap(potential.unravel)(jnp.asarray(x_map[None, :] + jitter))
+    mcmc.run(key, problem, init_params=init_params, extra_fields=("diverging", "energy", "num_steps"))
+    samples = mcmc.get_samples(group_by_chain=True)
+    stats = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
+    return Posterior.from_draws(problem, method, samples, chains=num_chains, info=info, sample_stats=stats)

@@ -1,0 +1,63 @@
+"""A small receptor-binding model for tests that need many solves (calibration, MBAM).
+
+Plasma exchanges with a kidney and a lesion; each has free and receptor-bound ligand
+(hot 177Lu-labelled and cold, competing for the same receptors); plasma clears to
+urine; hot decays to cold.  12 species, the same structure as the PSMA model's tissue
+blocks, so it exercises saturation and hot/cold competition at a fraction of the cost.
+Values are round illustrative numbers (test fixture, not literature).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+import pbpk
+
+LIGAND = "PSMA-617"
+TRACER = "Lu-177-PSMA-617"
+
+
+def receptor_toy_model() -> pbpk.Model:
+    b = pbpk.ModelBuilder("receptor_toy")
+    b.parameter("lambda_lu_177_per_h", np.log(2) / (6.647 * 24), "1/h", source="ICRP-107 (T1/2 6.647 d)")
+    cl = b.parameter("clearance_per_h", 0.3, "1/h", source="test fixture", lower=1e-6)
+    kon = b.parameter("kon_l_nmol_h", 2.76, "L/(nmol*h)", source="test fixture")
+    koff = b.parameter("koff_per_h", 0.015, "1/h", source="test fixture")
+    lam = sp.Symbol("lambda_lu_177_per_h")
+    b.compartment("plasma", 3.0)
+    b.species("plasma_hot", "plasma", ligand=LIGAND, nuclide="Lu-177")
+    b.species("plasma_cold", "plasma", ligand=LIGAND)
+    b.species("urine_hot", "plasma", ligand=LIGAND, nuclide="Lu-177")
+    b.species("urine_cold", "plasma", ligand=LIGAND)
+    for form in ("hot", "cold"):
+        b.transfer(f"clearance_{form}", cl * sp.Symbol(f"plasma_{form}"), f"plasma_{form}", f"urine_{form}")
+    for tissue, volume_l, rden, k_in in (("kidneys", 0.3, 40.0, 0.5), ("lesion_1", 0.05, 60.0, 0.2)):
+        v = b.compartment(tissue, volume_l)
+        r = b.parameter(f"{tissue}_rden_nmol_l", rden, "nmol/L", source="test fixture", lower=1e-6)
+        kin = b.parameter(f"{tissue}_k_in_per_h", k_in, "1/h", source="test fixture")
+        kout = b.parameter(f"{tissue}_k_out_per_h", 1.0, "1/h", source="test fixture")
+        for form in ("hot", "cold"):
+            nuc = "Lu-177" if form == "hot" else None
+            b.species(f"{tissue}_free_{form}", tissue, ligand=LIGAND, nuclide=nuc)
+            b.species(f"{tissue}_bound_{form}", tissue, ligand=LIGAND, nuclide=nuc)
+        free_receptor = r * v - sp.Symbol(f"{tissue}_bound_hot") - sp.Symbol(f"{tissue}_bound_cold")
+        for form in ("hot", "cold"):
+            free, bound, p = (sp.Symbol(f"{tissue}_free_{form}"), sp.Symbol(f"{tissue}_bound_{form}"),
+                              sp.Symbol(f"plasma_{form}"))
+            b.transfer(f"{tissue}_in_{form}", kin * p, f"plasma_{form}", f"{tissue}_free_{form}")
+            b.transfer(f"{tissue}_out_{form}", kout * free, f"{tissue}_free_{form}", f"plasma_{form}")
+            b.transfer(f"{tissue}_bind_{form}", kon * free * free_receptor / v, f"{tissue}_free_{form}",
+                       f"{tissue}_bound_{form}")
+            b.transfer(f"{tissue}_unbind_{form}", koff * bound, f"{tissue}_bound_{form}", f"{tissue}_free_{form}")
+        for kind in ("free", "bound"):
+            b.transfer(f"{tissue}_{kind}_decay", lam * sp.Symbol(f"{tissue}_{kind}_hot"), f"{tissue}_{kind}_hot",
+                       f"{tissue}_{kind}_cold")
+        b.region(tissue, [f"{tissue}_{k}_{f}" for k in ("free", "bound") for f in ("hot", "cold")], volume_l)
+    for where in ("plasma", "urine"):
+        b.transfer(f"{where}_decay", lam * sp.Symbol(f"{where}_hot"), f"{where}_hot", f"{where}_cold")
+    b.region("blood", ["plasma_hot", "plasma_cold"], 3.0)
+    b.region("urine", ["urine_hot", "urine_cold"])
+    b.dose_target(LIGAND, "Lu-177", "plasma_hot")
+    b.dose_target(LIGAND, None, "plasma_cold")
+    return b.build()
