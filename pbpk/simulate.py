@@ -30,6 +30,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import sympy as sp
 
 from dose.nuclides import AVOGADRO_PER_MOL
 
@@ -417,11 +418,12 @@ def simulate(
     proposals; parameter bounds are then not checked either).
     """
     schedule = as_schedule(schedule)
-    if getattr(model, "initial_amounts", ()):
+    nonzero_start = [s for s, expr in getattr(model, "initial_amounts", ()) if sp.sympify(expr).is_zero is not True]
+    if nonzero_start:
         # imported models may start with non-zero amounts; the solve below starts from
         # zero at the first administration, so refuse rather than silently ignore them
         raise ModelError(
-            f"model {model.name!r} has non-zero initial amounts ({', '.join(s for s, _ in model.initial_amounts)}); "
+            f"model {model.name!r} has non-zero initial amounts ({', '.join(nonzero_start)}); "
             "simulate() starts from zero amounts and does not support them yet: integrate "
             "compile_model(model).vector_field from model.initial_amounts_nmol() instead")
     times = np.asarray(times_h, dtype=np.float64)
