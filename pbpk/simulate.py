@@ -35,7 +35,7 @@ import sympy as sp
 from dose.nuclides import AVOGADRO_PER_MOL
 
 from .compile import CompiledModel, compile_model
-from .errors import ModelError, PBPKError, ScheduleError, SolverError
+from .errors import PBPKError, ScheduleError, SolverError
 from .linear_solver import PermutedLU
 from .rosenbrock import Rodas4
 from .model import Model, decay_parameter_name
@@ -277,6 +277,29 @@ def _build_plan(model: Model, schedule: Schedule, structure) -> _Plan:
                  cols[4].astype(bool), scale_of_row, species_form, quadrature_form)
 
 
+def _initial_amounts(model: Model, schedule: Schedule, params) -> np.ndarray:
+    """Species amounts (nmol) just before the first administration: zero, or the model's
+    own initial amounts (SBML imports), which are taken to hold at t = 0, so the schedule
+    must then start at t = 0 (an administration of 0 MBq serves as a start marker).  They
+    are evaluated at the default parameters with the concrete entries of `params`; a traced
+    parameter that an initial amount depends on is refused."""
+    n = len(model.species)
+    initial = tuple(getattr(model, "initial_amounts", ()))
+    if not any(sp.sympify(expr).is_zero is not True for _, expr in initial):
+        return np.zeros(n)
+    if schedule.first_time_h != 0.0:
+        raise ScheduleError(
+            f"model {model.name!r} has initial amounts, which hold at t = 0, but the schedule starts at "
+            f"{schedule.first_time_h} h; add an administration at t = 0 (0 MBq is allowed)")
+    used = set().union(*(sp.sympify(expr).free_symbols for _, expr in initial))
+    traced = [k for k, v in (params or {}).items() if isinstance(v, jax.core.Tracer)]
+    if any(sp.Symbol(k) in used for k in traced):
+        raise PBPKError(f"model {model.name!r}: initial amounts depend on traced parameters "
+                        f"{[k for k in traced if sp.Symbol(k) in used]}; they must be concrete values")
+    concrete = {k: float(v) for k, v in (params or {}).items() if k not in traced}
+    return np.asarray(model.initial_amounts_nmol(concrete), dtype=np.float64)
+
+
 def _schedule_arrays(schedule: Schedule):
     """Per dose row: administered activity (MBq) and total ligand (nmol; NaN = carrier free)."""
     activity, total = [], []
@@ -296,7 +319,7 @@ def _dose_amounts(plan: _Plan, lam, activity, total) -> jnp.ndarray:
 
 # ---------------------------------------------------------------------- core
 @eqx.filter_jit
-def _solve(plan: _Plan, opts: SolverOptions, with_tia: bool, p, times, event_times, t_end, activity, total):
+def _solve(plan: _Plan, opts: SolverOptions, with_tia: bool, p, times, event_times, t_end, activity, total, y_init):
     """Pure JAX (jitted per plan): amounts at `times` and the full state at t_end.
 
     Returns (amounts (n_times, n_species), y_end (n_species + n_quadratures), ok, lambda,
@@ -315,6 +338,9 @@ def _solve(plan: _Plan, opts: SolverOptions, with_tia: bool, p, times, event_tim
 
     # solve for z = y / scale, scale = largest dose of each species' ligand form
     form_scale = jnp.max(jnp.asarray(plan.scale_of_row) * amount[None, :], axis=1)
+    initial_scale = jax.ops.segment_max(jnp.abs(y_init), jnp.asarray(plan.species_form),
+                                        num_segments=plan.scale_of_row.shape[0])
+    form_scale = jnp.maximum(form_scale, initial_scale)
     form_scale = jnp.where(form_scale > 0, form_scale, 1.0)
     scale = jnp.concatenate([form_scale[plan.species_form], form_scale[plan.quadrature_form[:n_q]]])
     doses = doses / scale
@@ -354,7 +380,7 @@ def _solve(plan: _Plan, opts: SolverOptions, with_tia: bool, p, times, event_tim
         ok = ok & (sol.result == diffrax.RESULTS.successful)
         return (sol.ys[-1], out, ok), None
 
-    y0 = jnp.zeros(n_sp + n_q)
+    y0 = jnp.concatenate([y_init, jnp.zeros(n_q)]) / scale
     out0 = jnp.zeros((times.shape[0], n_sp + n_q))
     (y_end, out, ok), _ = jax.lax.scan(segment, (y0, out0, jnp.asarray(True)), (doses, event_times, seg_t1, last))
     ok = ok & jnp.all(jnp.isfinite(out)) & jnp.all(jnp.isfinite(y_end))
@@ -418,14 +444,7 @@ def simulate(
     proposals; parameter bounds are then not checked either).
     """
     schedule = as_schedule(schedule)
-    nonzero_start = [s for s, expr in getattr(model, "initial_amounts", ()) if sp.sympify(expr).is_zero is not True]
-    if nonzero_start:
-        # imported models may start with non-zero amounts; the solve below starts from
-        # zero at the first administration, so refuse rather than silently ignore them
-        raise ModelError(
-            f"model {model.name!r} has non-zero initial amounts ({', '.join(nonzero_start)}); "
-            "simulate() starts from zero amounts and does not support them yet: integrate "
-            "compile_model(model).vector_field from model.initial_amounts_nmol() instead")
+    y_init = _initial_amounts(model, schedule, params)
     times = np.asarray(times_h, dtype=np.float64)
     if times.ndim != 1 or times.size == 0 or not np.all(np.isfinite(times)):
         raise ScheduleError("times_h must be a non-empty 1-D sequence of finite times (h)")
@@ -450,7 +469,8 @@ def simulate(
 
     event_times, admin_activity, admin_total = _schedule_arrays(schedule)
     amounts, y_end, ok, lam, doses_nmol = _solve(plan, options, bool(tia), p, jnp.asarray(times), jnp.asarray(event_times),
-                                     jnp.asarray(t_end), jnp.asarray(admin_activity), jnp.asarray(admin_total))
+                                     jnp.asarray(t_end), jnp.asarray(admin_activity), jnp.asarray(admin_total),
+                                     jnp.asarray(y_init))
     message = (
         f"pbpk solver failed for model {model.name!r} (step-size collapse, max_steps={options.max_steps} "
         f"reached or non-finite state); check parameters, or loosen rtol/atol"

@@ -428,10 +428,30 @@ def test_imported_model_exports_again_and_libroadrunner_agrees(tmp_path):
     np.testing.assert_allclose(results[1], results[0], rtol=1e-6, atol=1e-9 * np.abs(results[0]).max())
 
 
-def test_simulate_refuses_models_with_initial_amounts(tmp_path):
-    """simulate() starts from zero amounts; a model that starts elsewhere is refused, not
-    silently simulated from zero."""
-    model = pbpk.from_sbml(_other_tool_model(tmp_path / "other.xml"))
-    assert model.initial_amounts
-    with pytest.raises(pbpk.ModelError, match="initial amounts"):
-        pbpk.simulate(model, pbpk.Schedule([pbpk.Administration(0.0, 100.0, None, "Lu-177-PSMA-617")]), [1.0])
+def test_simulate_starts_from_imported_initial_amounts(tmp_path):
+    """An imported model with a cold pre-load of 3 nmol in the vein: total ligand
+    (90 + 3) exp(-k t), hot h0 exp(-(k + lambda) t); a schedule not starting at t = 0 is
+    refused because the initial amounts hold at t = 0."""
+    doc, m = _doc(time=3600.0, substance=-9, volume=0)
+    _compartment(m, "vein", 5.0)
+    _species(m, "hot", "vein", amount=0.0)
+    _species(m, "cold", "vein", amount=3.0)
+    lam_per_h = math.log(2) / (6.647 * 24)  # 177Lu half-life 6.647 d (ICRP-107)
+    _parameter(m, "lam", lam_per_h)
+    _parameter(m, "k", 0.05)
+    _reaction(m, "decay", {"hot": 1}, {"cold": 1}, "lam * hot")
+    _reaction(m, "cl_hot", {"hot": 1}, {}, "k * hot")
+    _reaction(m, "cl_cold", {"cold": 1}, {}, "k * cold")
+    model = pbpk.from_sbml(_write(doc, tmp_path / "preload.xml"),
+                           dose_targets={("PSMA-617", "Lu-177"): "hot", ("PSMA-617", None): "cold"},
+                           decay_parameters={"Lu-177": "lam"})
+    times = np.array([0.5, 5.0, 20.0])
+    traj = pbpk.simulate(model, therapy(), times, tia=False, options=pbpk.SolverOptions(rtol=1e-10, atol=1e-12))
+    h0 = pbpk.tracer(LU).hot_nmol(7400.0)
+    hot = h0 * np.exp(-(0.05 + lam_per_h) * times)
+    total = 93.0 * np.exp(-0.05 * times)
+    amounts = np.asarray(traj.amounts_nmol)
+    np.testing.assert_allclose(amounts[:, model.species_names.index("hot")], hot, rtol=1e-7)
+    np.testing.assert_allclose(amounts[:, model.species_names.index("cold")], total - hot, rtol=1e-7)
+    with pytest.raises(pbpk.ScheduleError, match="initial amounts"):
+        pbpk.simulate(model, therapy(time_h=2.0), [3.0])
