@@ -1,0 +1,278 @@
+"""MBAM reduction: limits applied to the symbolic model representation, refit, iterate.
+
+`reduce(model, schedules, times_h)` (Transtrum & Qiu, PRL 2014; calibration.md 1.6):
+at the current fit theta*, (1) stop if the FIM is no longer sloppy (smallest eigenvalue
+>= `min_eigenvalue`, default 1: every direction known to within ~1 log-unit at the
+design's noise); (2) integrate geodesics along the given eigendirections (default: the
+sloppiest, forward then backward) until one ends at a limit that `apply_limit`
+supports; (3) apply it at the geodesic's end point (new combination parameters take
+their values there); (4) refit the reduced model's log-parameters to the *full*
+model's predictions r_full(theta*) (scipy `least_squares`, trust-region reflective,
+JAX Jacobian), same weights; (5) accept when the RMS residual per prediction
+<= `max_rms_sigma` (default 1 sigma), else stop with the previous model.  Every failure
+(no boundary, unsupported limit, failed solve) ends the loop with a message and the
+best model so far.
+
+Supported limits (each gives a `Model` with one parameter fewer, or two fewer when the
+kept combination no longer appears):
+
+* "zero" / "infinity" for one parameter p: every rate, assignment and volume expression
+  E is replaced by lim_{p -> 0+ or oo} E (`sympy.limit`); reactions whose rate becomes
+  identically 0 are removed (k -> 0: the reaction is switched off).
+* "ratio" (a, b -> same direction, a/b fixed), "product" (a -> 0, b -> oo or the
+  reverse, a*b fixed) and "scaling" (several parameters at the same log-rate): a new
+  parameter c = a/b (resp. a*b) with the current value of the combination replaces a
+  (a = c*b, resp. a = c/b) for every parameter but one driver b, which is taken to its
+  limit as above (e.g. kon -> 0, R -> oo at fixed kon*R: saturable binding becomes
+  linear uptake).
+
+A limit is refused with `MBAMError` naming the expression when any limit is infinite
+or undefined: e.g. kon, koff -> oo at fixed K_D (rapid binding equilibrium) makes the
+binding flux diverge; its reduced form (merged free+bound species with an algebraic
+isotherm) needs a species merge that is not implemented yet, nor is the irreversible
+k -> oo transfer (instantaneous emptying of a species), the fold ("equal") or a
+general combination.  Assignments that depend on the limiting parameters are inlined
+first, so every expression is written in parameters only where the limit acts.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import sympy as sp
+from scipy.optimize import least_squares
+
+from ..errors import PBPKError
+from ..model import Model, Parameter, Reaction
+from .fisher import fisher_information
+from .geodesic import geodesic
+from .limits import Limit, identify_limit
+from .predictions import MBAMError, Predictions
+
+
+def _inline_dependents(model: Model, params: set[sp.Symbol]):
+    """Inline assignments that (transitively) depend on `params`; returns (kept
+    assignments, substitution map of the inlined ones)."""
+    subs: dict[sp.Symbol, sp.Expr] = {}
+    kept = []
+    for name, expr in model.assignments:
+        full = expr.xreplace(subs)
+        if full.free_symbols & params:
+            subs[sp.Symbol(name)] = full
+        else:
+            kept.append((name, expr))
+    return kept, subs
+
+
+def _limit(expr, var: sp.Symbol, target, what: str):
+    if var not in expr.free_symbols:
+        return expr
+    out = sp.limit(expr, var, target)
+    if out.has(sp.oo, -sp.oo, sp.zoo, sp.nan) or isinstance(out, sp.AccumBounds) or var in out.free_symbols:
+        raise MBAMError(f"limit {var} -> {target} is not supported here: {what} = {expr} becomes {out}")
+    return sp.simplify(out)
+
+
+def _combination_parameter(model: Model, a: str, b: str, product: bool, limit: Limit) -> Parameter:
+    pa, pb = model.parameter(a), model.parameter(b)
+    if product:
+        return Parameter(f"{a}_times_{b}", pa.value * pb.value, f"({pa.unit})*({pb.unit})",
+                         description=f"MBAM combination {a}*{b} ({limit.describe()})",
+                         source="pbpk.mbam (geodesic limit)", lower=0.0)
+    return Parameter(f"{a}_over_{b}", pa.value / pb.value, f"({pa.unit})/({pb.unit})",
+                     description=f"MBAM combination {a}/{b} ({limit.describe()})",
+                     source="pbpk.mbam (geodesic limit)", lower=0.0)
+
+
+def apply_limit(model: Model, limit: Limit) -> Model:
+    """The model in the limit `limit` (see the module docstring for what is supported).
+
+    For "ratio", "product" and "scaling" limits each parameter in turn is tried as the
+    driver b (taken to its limit); every other parameter a_i of the limit is replaced by
+    a combination c_i = a_i*b (opposite directions) or a_i/b (same direction); the first
+    driver for which every expression has a finite limit is used."""
+    names = model.parameter_names
+    for n in limit.parameters:
+        if n not in names:
+            raise MBAMError(f"limit on {n!r}: model {model.name!r} has no such parameter")
+    if limit.kind in ("zero", "infinity"):
+        return _apply(model, limit, limit.parameters[0], limit.signs[0], [])
+    if limit.kind not in ("ratio", "product", "scaling"):
+        raise MBAMError(f"limit kind {limit.kind!r} ({limit.describe()}) is not supported by apply_limit; "
+                        f"supported: zero, infinity, ratio, product, scaling")
+    errors = []
+    for k, b in enumerate(limit.parameters):
+        others = [(a, g != limit.signs[k]) for a, g in zip(limit.parameters, limit.signs) if a != b]
+        try:
+            return _apply(model, limit, b, limit.signs[k], others)
+        except MBAMError as exc:
+            errors.append(str(exc))
+    raise MBAMError(f"limit {limit.describe()} is not supported here: " + "; ".join(errors))
+
+
+def _apply(model: Model, limit: Limit, driver: str, sign: int, others) -> Model:
+    """Take `driver` -> oo (sign > 0) or 0, with each (a, product) in `others` replaced by
+    its combination with the driver."""
+    b = sp.Symbol(driver)
+    new_params, subs_a = [], {}
+    for a, product in others:
+        c = _combination_parameter(model, a, driver, product, limit)
+        new_params.append(c)
+        subs_a[sp.Symbol(a)] = c.symbol / b if product else c.symbol * b
+    removed = {driver} | {a for a, _ in others}
+    target = sp.oo if sign > 0 else 0
+    kept, inlined = _inline_dependents(model, {sp.Symbol(n) for n in removed})
+
+    def transform(expr, what):
+        expr = sp.sympify(expr).xreplace(inlined).xreplace(subs_a)
+        try:
+            return _limit(expr, b, target, what)
+        except (NotImplementedError, sp.PoleError) as exc:
+            raise MBAMError(f"limit {b} -> {target}: sympy cannot evaluate it for {what}: {exc}") from exc
+
+    assignments = tuple((n, transform(e, f"assignment {n}")) for n, e in kept)
+    compartments = tuple(replace(c, volume=transform(c.volume, f"volume of {c.name}")) for c in model.compartments)
+    regions = tuple(r if r.volume is None else replace(r, volume=transform(r.volume, f"volume of region {r.name}"))
+                    for r in model.regions)
+    reactions = []
+    for r in model.reactions:
+        rate = transform(r.rate, f"rate of reaction {r.name}")
+        if rate != 0:
+            reactions.append(Reaction(r.name, rate, r.stoichiometry))
+    used = set().union(*(sp.sympify(e).free_symbols for e in
+                         [r.rate for r in reactions] + [e for _, e in assignments] + [c.volume for c in compartments]
+                         + [r.volume for r in regions if r.volume is not None]))
+    params = [p for p in model.parameters if p.name not in removed] + [c for c in new_params if c.symbol in used]
+    positive = tuple(a for a in model.positive_assignments if a not in {str(s) for s in inlined})
+    return replace(model, name=f"{model.name}|{limit.describe()}", parameters=tuple(params), assignments=assignments,
+                   compartments=compartments, reactions=tuple(reactions), regions=regions,
+                   positive_assignments=positive)
+
+
+# ------------------------------------------------------------------ the reduction loop
+
+
+@dataclass(frozen=True)
+class ReductionStep:
+    """One limit taken: the limit, the reduced model's parameter count, the refit cost
+    0.5*sum((r_reduced - r_full)^2) in sigma units and its RMS per prediction, timings (s)."""
+
+    limit: Limit
+    n_parameters: int
+    cost: float
+    rms_sigma: float
+    geodesic_s: float
+    refit_s: float
+    fim_eigenvalues: tuple[float, ...]
+
+
+@dataclass
+class ReductionResult:
+    """`.model`: the last accepted (best) model; `.steps`: accepted steps; `.message`:
+    why the loop stopped; `.attempts`: every geodesic tried, with its limit and outcome."""
+
+    model: Model
+    steps: list = field(default_factory=list)
+    message: str = ""
+    attempts: list = field(default_factory=list)  # (step, eigen index, forward, Geodesic, Limit | None, note)
+
+    def report(self, path) -> None:
+        """Write a text report (atomically: temporary file, then os.replace)."""
+        lines = [f"MBAM reduction; stopped: {self.message}",
+                 f"final model: {self.model.name} ({len(self.model.parameters)} parameters)", ""]
+        for step, i, fwd, geo, lim, note in self.attempts:
+            lines.append(f"attempt (step {step}, eigendirection {i}{'+' if fwd else '-'}): {geo.status}, "
+                         f"{len(geo.ts)} points, t = {geo.ts[-1]:.3g}, tau = {geo.taus[-1]:.3g}: "
+                         f"{lim.describe() if lim else '-'}: {note}")
+        lines.append("")
+        for k, s in enumerate(self.steps, 1):
+            lines += [f"step {k}: {s.limit.describe()} (alignment {s.limit.alignment:.3f})",
+                      f"  parameters: {s.n_parameters}; refit cost {s.cost:.4g}, RMS {s.rms_sigma:.3g} sigma; "
+                      f"geodesic {s.geodesic_s:.1f} s, refit {s.refit_s:.1f} s",
+                      "  FIM eigenvalues at start: " + ", ".join(f"{e:.3g}" for e in s.fim_eigenvalues)]
+        path = os.fspath(path)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+
+
+def reduce(model: Model, schedules=None, times_h=None, *, predictions: Predictions | None = None,
+           max_rms_sigma: float = 1.0, min_eigenvalue: float = 1.0, max_steps: int = 10,
+           directions=((0, True), (0, False)), geodesic_options: dict | None = None,
+           max_refit_evaluations: int = 50, **prediction_options):
+    """Reduce `model` by MBAM for the design (schedules, times_h) or a prebuilt
+    `predictions`; each step integrates geodesics from the current fit along
+    `directions` ((eigen index, forward) pairs, tried in order) until one ends at a
+    limit `apply_limit` supports, refits the reduced model to the full model's
+    predictions (scipy least_squares in log-parameters, JAX Jacobian) and accepts it
+    when the RMS error per prediction <= `max_rms_sigma`.  Stops (never raising on a
+    numerical failure) when the FIM is no longer sloppy (smallest eigenvalue >=
+    `min_eigenvalue`), no supported limit is found, the refit degrades beyond the
+    threshold, or after `max_steps`; `.model` is the best model so far."""
+    if predictions is None:
+        if schedules is None or times_h is None:
+            raise MBAMError("reduce needs schedules and times_h (the measurement design), or predictions")
+        predictions = Predictions.build(model, schedules, times_h, **prediction_options)
+    target = predictions.r(predictions.theta0)
+    result = ReductionResult(model)
+    current, pred, theta = model, predictions, predictions.theta0
+    geo_opts = {"rtol": 1e-3, "atol": 1e-3, **(geodesic_options or {})}
+    for _ in range(max_steps):
+        try:
+            fim = fisher_information(pred, theta)
+        except MBAMError as exc:
+            result.message = f"FIM failed: {exc}"
+            return result
+        if fim.eigenvalues[0] >= min_eigenvalue:
+            result.message = (f"no sloppy direction left: smallest FIM eigenvalue {fim.eigenvalues[0]:.3g} >= "
+                              f"{min_eigenvalue:g}")
+            return result
+        reasons, found = [], None
+        t0 = time.perf_counter()
+        step = len(result.steps) + 1
+        for i, fwd in directions:
+            if i >= len(theta):
+                continue
+            path = geodesic(pred, theta, i=i, forward=fwd, **geo_opts)
+            if not path.reached_boundary:
+                reasons.append(f"direction {i}{'+' if fwd else '-'}: {path.message}")
+                result.attempts.append((step, i, fwd, path, None, path.message))
+                continue
+            lim = identify_limit(pred, path)
+            try:
+                found = (lim, apply_limit(current.with_parameter_values(
+                    **{n: float(np.exp(x)) for n, x in zip(pred.free, path.end)}), lim), path)
+                result.attempts.append((step, i, fwd, path, lim, "limit applied"))
+                break
+            except (PBPKError, NotImplementedError, sp.PoleError) as exc:  # reported, not raised
+                reasons.append(f"direction {i}{'+' if fwd else '-'}: {lim.describe()}: {exc}")
+                result.attempts.append((step, i, fwd, path, lim, str(exc)))
+        geo_s = time.perf_counter() - t0
+        if found is None:
+            result.message = "no supported limit found; " + "; ".join(reasons)
+            return result
+        lim, reduced, path = found
+        t0 = time.perf_counter()
+        free = [n for n in pred.free if n in reduced.parameter_names] + [
+            p.name for p in reduced.parameters if p.name not in current.parameter_names]
+        rp = pred.with_model(reduced, free)
+        fit = least_squares(lambda x: rp.r(x) - target, rp.theta0, jac=rp.jacobian_only, method="trf",
+                            max_nfev=max_refit_evaluations)
+        refit_s = time.perf_counter() - t0
+        rms = float(np.sqrt(np.mean(fit.fun**2)))
+        if not np.isfinite(rms) or rms > max_rms_sigma:
+            result.message = (f"stopped: the reduced model after {lim.describe()} misses the full model's predictions "
+                              f"by RMS {rms:.3g} sigma > {max_rms_sigma:g}")
+            return result
+        current = reduced.with_parameter_values(**{n: float(np.exp(x)) for n, x in zip(free, fit.x)})
+        pred, theta = rp, fit.x
+        result.model = current
+        result.steps.append(ReductionStep(lim, len(current.parameters), float(fit.cost), rms, geo_s, refit_s,
+                                          tuple(fim.eigenvalues)))
+    result.message = f"reached max_steps = {max_steps}"
+    return result
