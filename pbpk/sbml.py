@@ -92,6 +92,17 @@ def _units(libsbml, model) -> None:
     model.setVolumeUnits("litre_unit")
 
 
+def _number_or_initial_assignment(libsbml, m, symbol: str, value: sp.Expr, set_number, what: str) -> None:
+    """A numeric value goes into the element (size, initial amount); an expression of
+    parameters becomes an initialAssignment of `symbol`."""
+    if value.is_number:
+        set_number(float(value))
+    else:
+        ia = m.createInitialAssignment()
+        ia.setSymbol(symbol)
+        _check(ia.setMath(_math(libsbml, value, what)), what)
+
+
 def to_sbml(model: Model, path: str | os.PathLike) -> Path:
     """Write `model` as an SBML L3V2 file (atomically: temporary file, then rename)."""
     libsbml = _libsbml()
@@ -128,25 +139,14 @@ def to_sbml(model: Model, path: str | os.PathLike) -> Path:
         named(comp, c.name)
         comp.setConstant(True)
         comp.setSpatialDimensions(3)
-        volume = sp.sympify(c.volume)
-        if volume.is_number:
-            comp.setSize(float(volume))
-        else:
-            ia = m.createInitialAssignment()
-            ia.setSymbol(c.name)
-            _check(ia.setMath(_math(libsbml, volume, f"volume of {c.name!r}")), f"volume of {c.name!r}")
+        _number_or_initial_assignment(libsbml, m, c.name, sp.sympify(c.volume), comp.setSize, f"volume of {c.name!r}")
     for s in model.species:
         spc = m.createSpecies()
         _check(spc.setId(s.name), f"species id {s.name!r}")
         named(spc, s.name)
         spc.setCompartment(s.compartment)
-        amount = initial.get(s.name, sp.Integer(0))
-        if amount.is_number:
-            spc.setInitialAmount(float(amount))
-        else:
-            ia = m.createInitialAssignment()
-            ia.setSymbol(s.name)
-            _check(ia.setMath(_math(libsbml, amount, f"initial amount of {s.name!r}")), f"initial amount of {s.name!r}")
+        _number_or_initial_assignment(libsbml, m, s.name, sp.sympify(initial.get(s.name, sp.Integer(0))),
+                                      spc.setInitialAmount, f"initial amount of {s.name!r}")
         spc.setHasOnlySubstanceUnits(True)
         spc.setBoundaryCondition(False)
         spc.setConstant(False)
