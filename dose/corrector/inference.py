@@ -1,0 +1,127 @@
+"""Patch-based sliding-window inference, save / load in a safe format.
+
+Weights: `torch.save(state_dict)` (tensors only, loaded with weights_only=True, no
+pickle of code) plus a JSON provenance file `<path>.json` with the network config.
+Blending: each patch output is weighted by a separable tent w(i) = min(i+1, n-i) so
+overlapping patches average smoothly:  D(v) = sum_p w_p(v) D_p(v) / sum_p w_p(v).
+The dose scale s = max(D) is global (whole volume), so patches agree and linearity
+in activity holds exactly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import GeometryError, InvalidDoseInputError
+from .network import DoseUNet3D
+
+
+def _device(device):
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_inputs(dose_gy, density_g_cm3) -> tuple[np.ndarray, np.ndarray]:
+    d = np.asarray(dose_gy, dtype=np.float64)
+    r = np.asarray(density_g_cm3, dtype=np.float64)
+    if d.ndim != 3:
+        raise GeometryError(f"dose_gy: expected a 3-D array (z, y, x), got shape {d.shape}")
+    if r.shape != d.shape:
+        raise GeometryError(f"density_g_cm3: shape {r.shape} differs from dose_gy shape {d.shape}")
+    if not np.all(np.isfinite(d)):
+        raise InvalidDoseInputError("dose_gy: non-finite values (NaN/inf)")
+    if d.size and d.min() < -1e-6 * max(d.max(), 0.0):
+        raise InvalidDoseInputError(f"dose_gy: negative values (min {d.min():.3g} Gy) beyond FFT round-off")
+    d = np.maximum(d, 0.0)  # FFT round-off (|d| < 1e-6 max) -> 0
+    if not np.all(np.isfinite(r)) or np.any(r < 0):
+        raise InvalidDoseInputError("density_g_cm3: expected finite values >= 0")
+    return d, r
+
+
+def _starts(n: int, patch: int, step: int) -> list[int]:
+    if n <= patch:
+        return [0]
+    s = list(range(0, n - patch + 1, step))
+    if s[-1] != n - patch:
+        s.append(n - patch)
+    return s
+
+
+class Corrector:
+    """Trained corrector: `Corrector(model)(dose_gy, density_g_cm3)` -> corrected dose (Gy)."""
+
+    def __init__(self, model: DoseUNet3D, device=None, patch: int = 64, overlap: int = 16):
+        if patch % 4 or patch < 8 or not 0 <= overlap < patch:
+            raise InvalidDoseInputError(f"patch/overlap: expected patch a multiple of 4 >= 8 and 0 <= overlap < patch, got {patch}/{overlap}")
+        self.device = _device(device)
+        self.model = model.to(self.device).eval()
+        self.patch, self.overlap = patch, overlap
+
+    def __call__(self, dose_gy, density_g_cm3) -> np.ndarray:
+        d, r = check_inputs(dose_gy, density_g_cm3)
+        scale = float(d.max()) if d.size else 0.0
+        if scale == 0.0:
+            return np.zeros_like(d)
+        shape = d.shape
+        # pad to a multiple of 4 (dose with 0, density by edge replication)
+        size = [-(-n // 4) * 4 for n in shape]
+        pads = [(0, s - n) for s, n in zip(size, shape)]
+        dp = np.pad(d, pads, mode="constant")
+        rp = np.pad(r, pads, mode="edge")
+        out = np.zeros(size)
+        wsum = np.zeros(size)
+        step = self.patch - self.overlap
+        pz, py, px = (min(self.patch, s) for s in size)
+        tent = [np.minimum(np.arange(p) + 1, p - np.arange(p)).astype(float) for p in (pz, py, px)]
+        w = tent[0][:, None, None] * tent[1][None, :, None] * tent[2][None, None, :]
+        s_t = torch.full((1, 1, 1, 1, 1), scale, dtype=torch.float32, device=self.device)
+        with torch.no_grad():
+            for z in _starts(size[0], pz, step):
+                for y in _starts(size[1], py, step):
+                    for x in _starts(size[2], px, step):
+                        sl = (slice(z, z + pz), slice(y, y + py), slice(x, x + px))
+                        dt = torch.as_tensor(dp[sl], dtype=torch.float32, device=self.device)[None, None]
+                        rt = torch.as_tensor(rp[sl], dtype=torch.float32, device=self.device)[None, None]
+                        o = self.model(dt, rt, s_t)[0, 0].cpu().numpy().astype(np.float64)
+                        out[sl] += w * o
+                        wsum[sl] += w
+        res = (out / wsum)[: shape[0], : shape[1], : shape[2]]
+        return np.maximum(res, 0.0)  # dose is non-negative; max(0, a x) = a max(0, x) keeps linearity
+
+
+def save(model: DoseUNet3D, path: str, provenance: dict | None = None) -> None:
+    """Write `path` (state_dict, torch.save) and `path + '.json'` atomically."""
+    folder = os.path.dirname(os.path.abspath(path))
+    meta = {"format": "rpt-twin dose corrector v1", "config": model.config, "provenance": provenance or {}}
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    os.close(fd)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+    os.replace(tmp, path + ".json")
+
+
+def load(path: str, device=None, **kwargs) -> Corrector:
+    """Load weights saved by `save` (torch.load(weights_only=True)); InvalidDoseInputError
+    when the file or its JSON provenance is missing or malformed."""
+    try:
+        with open(path + ".json") as f:
+            meta = json.load(f)
+        config = meta["config"]
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
+        raise InvalidDoseInputError(f"{path}: cannot load dose corrector weights ({e})") from e
+    model = DoseUNet3D(**config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise InvalidDoseInputError(f"{path}: weights do not match the network config {config} ({e})") from e
+    return Corrector(model, device=device, **kwargs)
