@@ -43,7 +43,7 @@ from .errors import CalibrationError
 from .likelihood import CALIBRATION_SOLVER, Problem, numpyro_model
 from .observations import observations_from_table
 from .posterior import Posterior
-from .priors import resolve_free_parameters
+from .priors import ERROR_SCALE_MEDIANS, resolve_free_parameters
 
 METHODS = ("nuts", "svi", "laplace")
 _FD_STEP = 1e-4
@@ -62,6 +62,18 @@ def make_problem(model: pbpk.Model, table: pd.DataFrame, schedule, *, free=None,
     return Problem(model, schedule, observations, resolve_free_parameters(model, free), options)
 
 
+def _value_and_jacfwd(f):
+    """x -> (f(x), grad f(x)) by forward mode: one jvp per basis vector, vmapped, with the
+    primal (the ODE solve) computed once rather than again for the value."""
+
+    def value_and_grad(x):
+        basis = jnp.eye(x.size, dtype=x.dtype)
+        value, grad = jax.vmap(lambda v: jax.jvp(f, (x,), (v,)), out_axes=(None, 0))(basis)
+        return value, grad
+
+    return value_and_grad
+
+
 class _Potential:
     """Potential energy (negative log density) on a flat unconstrained vector."""
 
@@ -78,14 +90,11 @@ class _Potential:
         def flat(x):
             return potential(self.unravel(x))
 
-        derivative = jax.jacfwd if forward else jax.grad
-        self.grad = jax.jit(derivative(flat))
-        self.value_and_grad = jax.jit(lambda x: (flat(x), derivative(flat)(x)))
+        self.grad = jax.jit(jax.jacfwd(flat) if forward else jax.grad(flat))
+        self.value_and_grad = jax.jit(_value_and_jacfwd(flat) if forward else jax.value_and_grad(flat))
 
     @staticmethod
     def _prior_centre(problem: Problem) -> dict:
-        from .priors import ERROR_SCALE_MEDIANS
-
         return {"z": jnp.zeros(len(problem.free)),
                 "error_scale": jnp.asarray([ERROR_SCALE_MEDIANS[g] for g in problem.used_error_groups])}
 
