@@ -40,7 +40,7 @@ from numpyro.optim import Adam
 import pbpk
 
 from .errors import CalibrationError
-from .likelihood import CALIBRATION_SOLVER, Problem, numpyro_model
+from .likelihood import CALIBRATION_SOLVER, Problem, ligand_segments, numpyro_model
 from .observations import observations_from_table
 from .posterior import Posterior
 from .priors import ERROR_SCALE_MEDIANS, resolve_free_parameters
@@ -50,8 +50,10 @@ _FD_STEP = 1e-4
 
 
 def make_problem(model: pbpk.Model, table: pd.DataFrame, schedule, *, free=None, patient=None,
-                 options: pbpk.SolverOptions = CALIBRATION_SOLVER) -> Problem:
-    """Validate the inputs and bundle them for the NumPyro model."""
+                 options: pbpk.SolverOptions = CALIBRATION_SOLVER, separate_ligands: bool = False) -> Problem:
+    """Validate the inputs and bundle them for the NumPyro model.  `separate_ligands`:
+    solve each ligand's administrations with the model restricted to that ligand
+    (`likelihood.ligand_segments`; much faster for PET + therapy with different ligands)."""
     if not isinstance(model, pbpk.Model):
         raise CalibrationError(f"model: expected a pbpk.Model, got {type(model).__name__}")
     try:
@@ -59,7 +61,8 @@ def make_problem(model: pbpk.Model, table: pd.DataFrame, schedule, *, free=None,
     except pbpk.ScheduleError as exc:
         raise CalibrationError(f"schedule: {exc}") from None
     observations = observations_from_table(table, model, schedule, patient)
-    return Problem(model, schedule, observations, resolve_free_parameters(model, free), options)
+    segments = ligand_segments(model, schedule, observations) if separate_ligands else ()
+    return Problem(model, schedule, observations, resolve_free_parameters(model, free), options, segments)
 
 
 def _value_and_jacfwd(f):
@@ -140,12 +143,15 @@ def laplace_covariance(potential: _Potential, x_map: np.ndarray) -> tuple[np.nda
 def fit(model: pbpk.Model, table: pd.DataFrame, schedule, method: str = "nuts", *, free=None,
         patient: str | None = None, seed: int = 0, num_warmup: int = 500, num_samples: int = 1000,
         num_chains: int = 4, chain_method: str = "sequential", svi_steps: int = 2000,
-        svi_learning_rate: float = 0.01, options: pbpk.SolverOptions = CALIBRATION_SOLVER) -> Posterior:
+        svi_learning_rate: float = 0.01, options: pbpk.SolverOptions = CALIBRATION_SOLVER,
+        separate_ligands: bool = False) -> Posterior:
     """Fit `model` to one patient's time-activity `table` under `schedule`.
 
     method: "nuts" (default), "svi" or "laplace" (see module docstring).
     free: names of the parameters to fit (default priors), `FreeParameter`s, or a mapping
       name -> (median, sigma_log); default `calibration.priors.default_free_parameters`.
+    separate_ligands: solve each ligand's administrations with its own restricted model
+      (`make_problem`).
     Returns a `Posterior` with `num_samples` draws per chain (Laplace and SVI: one chain).
     """
     if method not in METHODS:
@@ -153,7 +159,8 @@ def fit(model: pbpk.Model, table: pd.DataFrame, schedule, method: str = "nuts", 
     # forward-mode derivatives through the solve for NUTS/Laplace (few parameters, no
     # checkpointed reverse pass); SVI's ELBO gradient needs reverse mode
     options = dataclasses.replace(options, adjoint="reverse" if method == "svi" else "forward")
-    problem = make_problem(model, table, schedule, free=free, patient=patient, options=options)
+    problem = make_problem(model, table, schedule, free=free, patient=patient, options=options,
+                           separate_ligands=separate_ligands)
     potential = _Potential(problem, seed)
     x_map, opt = find_map(potential)
     key = jax.random.PRNGKey(seed)

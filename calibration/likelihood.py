@@ -53,6 +53,7 @@ class Problem:
     observations: Observations
     free: tuple[FreeParameter, ...]
     options: pbpk.SolverOptions = CALIBRATION_SOLVER
+    segments: tuple["Segment", ...] = ()
 
     @property
     def free_names(self) -> tuple[str, ...]:
@@ -77,14 +78,60 @@ class Problem:
         return median * jnp.exp(sigma * z)
 
 
+@dataclass(frozen=True)
+class Segment:
+    """One ligand's part of a separated problem (`ligand_segments`): the model restricted
+    to that ligand, its administrations, its observation rows and their output times."""
+
+    model: pbpk.Model
+    schedule: pbpk.Schedule
+    rows: np.ndarray
+    times_h: np.ndarray
+    time_index: np.ndarray
+
+
+def ligand_segments(model: pbpk.Model, schedule: pbpk.Schedule, observations: Observations) -> tuple[Segment, ...]:
+    """Split a problem by ligand (`pbpk.restrict.restrict_ligands`): each ligand's
+    administrations are solved with the model restricted to that ligand, which neglects
+    competition between *different* ligands for the receptors (see that module)."""
+    from pbpk.restrict import restrict_ligands
+
+    tracer_ligand = {t.name: t.ligand.name for t in schedule.tracers}
+    row_ligand = np.array([tracer_ligand[t] for t in observations.table["tracer"]])
+    segments = []
+    for ligand in dict.fromkeys(tracer_ligand.values()):
+        rows = np.flatnonzero(row_ligand == ligand)
+        if rows.size == 0:
+            continue
+        times = observations.times_h[observations.time_index[rows]]
+        unique = np.unique(times)
+        segments.append(Segment(restrict_ligands(model, [ligand]),
+                                pbpk.Schedule([a for a in schedule if a.tracer.ligand.name == ligand]),
+                                rows, unique, np.searchsorted(unique, times)))
+    return tuple(segments)
+
+
 def predicted_activity(problem: Problem, theta):
     """Model activity (MBq) at every observation, and whether the solve succeeded."""
     o = problem.observations
-    traj = pbpk.simulate(problem.model, problem.schedule, o.times_h, problem.parameters(theta),
-                         tia=False, options=problem.options, check=False)
-    nuclide_index = np.array([traj.nuclides.index(n) for n in o.nuclide], dtype=int)
-    pred = traj.region_activity_mbq[nuclide_index, o.region_index, o.time_index]
-    ok = traj.solver_ok & jnp.all(jnp.isfinite(pred))
+    params = problem.parameters(theta)
+    if problem.segments:
+        pred = jnp.zeros(o.activity_mbq.shape)
+        ok = jnp.asarray(True)
+        for seg in problem.segments:
+            traj = pbpk.simulate(seg.model, seg.schedule, seg.times_h, params, tia=False, options=problem.options,
+                                 check=False)
+            nuclide_index = np.array([traj.nuclides.index(o.nuclide[i]) for i in seg.rows], dtype=int)
+            pred = pred.at[seg.rows].set(traj.region_activity_mbq[nuclide_index, o.region_index[seg.rows],
+                                                                  seg.time_index])
+            ok = ok & traj.solver_ok
+    else:
+        traj = pbpk.simulate(problem.model, problem.schedule, o.times_h, params, tia=False, options=problem.options,
+                             check=False)
+        nuclide_index = np.array([traj.nuclides.index(n) for n in o.nuclide], dtype=int)
+        pred = traj.region_activity_mbq[nuclide_index, o.region_index, o.time_index]
+        ok = traj.solver_ok
+    ok = ok & jnp.all(jnp.isfinite(pred))
     return jnp.where(ok, jnp.maximum(pred, ACTIVITY_FLOOR_MBQ), 1.0), ok
 
 

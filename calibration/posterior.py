@@ -136,6 +136,11 @@ class Posterior:
         return not self.problems()
 
     # ------------------------------------------------------------ predictions
+    def parameter_draws(self, max_draws: int = 200, seed: int = 0) -> np.ndarray:
+        """(n, n_free) draws of the free parameters (model units) whose solves succeeded, at
+        most `max_draws` of them (a seeded random subset), for posterior predictions."""
+        return self._thinned_theta(max_draws, seed)
+
     def _thinned_theta(self, max_draws: int, seed: int) -> np.ndarray:
         theta = self.samples["theta"].reshape(-1, len(self.free_names))
         ok = self.samples["solver_ok"].reshape(-1).astype(bool)

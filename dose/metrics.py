@@ -123,6 +123,48 @@ def g_bi_exponential(uptake_rate_per_h: float, clearance_rate_per_h: float, repa
     return g_factor_exponentials([1.0, -1.0], [lc, lu], repair_rate_per_h)
 
 
+def g_factor_sampled(times_h, dose_rate, repair_rate_per_h: float, tail_rate_per_h: float) -> np.ndarray:
+    """Lea-Catcheside G of a dose rate known at sample times (any curve, e.g. a PBPK
+    region activity times an S value), vectorised over leading axes.
+
+    times_h: (n,) increasing sample times (h); dose_rate: (..., n) >= 0 (any unit per h);
+    after the last sample the rate falls as R_T exp(-tail_rate (t - T)) (e.g. physical
+    decay, the slowest possible clearance).  Between samples R is taken piecewise linear
+    and the repair integral u(t) = int_0^t R(s) exp(-mu (t - s)) ds is propagated exactly:
+
+        u_{k+1} = u_k e^{-mu h} + R_k (a - b) + R_{k+1} b,
+        a = (1 - e^{-mu h}) / mu,   b = 1/mu - (1 - e^{-mu h}) / (mu^2 h),   h = t_{k+1} - t_k;
+
+    I = int R u dt by the trapezoid rule on the samples plus the analytic tail
+    R_T u_T / (lam + mu) + R_T^2 (1/(2 lam) - 1/(lam + mu)) / (mu - lam), and
+    D = int R dt (trapezoid + R_T / lam); G = 2 I / D^2 (0 where D = 0).
+    """
+    t = np.asarray(times_h, dtype=float)
+    r = np.asarray(dose_rate, dtype=float)
+    mu = _positive("repair_rate_per_h", repair_rate_per_h)
+    lam = _positive("tail_rate_per_h", tail_rate_per_h)
+    if t.ndim != 1 or t.size < 2 or np.any(np.diff(t) <= 0) or not np.all(np.isfinite(t)):
+        raise InvalidDoseInputError("times_h: expected >= 2 strictly increasing finite sample times (h)")
+    if r.shape[-1] != t.size or not np.all(np.isfinite(r)) or np.any(r < 0):
+        raise InvalidDoseInputError(f"dose_rate: expected finite values >= 0 with last axis {t.size}, got {r.shape}")
+    if math.isclose(mu, lam, rel_tol=1e-6):
+        raise InvalidDoseInputError("tail_rate_per_h equals repair_rate_per_h; perturb one of them")
+    h = np.diff(t)
+    e = np.exp(-mu * h)
+    a = -np.expm1(-mu * h) / mu
+    b = 1.0 / mu - a / (mu * h)
+    u = np.zeros(r.shape)
+    for k in range(t.size - 1):  # recursion along time; vectorised over the leading axes
+        u[..., k + 1] = u[..., k] * e[k] + r[..., k] * (a[k] - b[k]) + r[..., k + 1] * b[k]
+    ru = r * u
+    integral = np.sum(0.5 * h * (ru[..., 1:] + ru[..., :-1]), axis=-1)
+    r_end, u_end = r[..., -1], u[..., -1]
+    integral = integral + r_end * u_end / (lam + mu) + r_end**2 * (0.5 / lam - 1.0 / (lam + mu)) / (mu - lam)
+    dose = np.sum(0.5 * h * (r[..., 1:] + r[..., :-1]), axis=-1) + r_end / lam
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(dose > 0, 2.0 * integral / np.where(dose > 0, dose, 1.0) ** 2, 0.0)
+
+
 def bed_gy(dose_gy, alpha_beta_gy: float, g: float = 1.0):
     """BED = D + G D^2 / (alpha/beta) (Gy); works elementwise on arrays."""
     ab = _positive("alpha_beta_gy", alpha_beta_gy)

@@ -93,3 +93,23 @@ def test_multi_cycle_bed_is_additive():
     assert np.all(total < metrics.bed_gy(doses.sum(axis=0), 2.6, g))
     with pytest.raises(InvalidDoseInputError, match="no default"):
         metrics.radiobiology("spleen")
+
+
+@pytest.mark.parametrize("half_life_h", [5.0, 40.0, 160.0])
+def test_sampled_g_factor_matches_mono_exponential(half_life_h):
+    """G of a sampled mono-exponential dose rate (geometric grid, physical-decay tail)
+    agrees with Dale's lambda / (lambda + mu) to 1 %."""
+    lam, mu = np.log(2) / half_life_h, np.log(2) / 2.8
+    t = np.concatenate([[0.0], np.geomspace(0.05, 2000.0, 60)])
+    g = metrics.g_factor_sampled(t, np.exp(-lam * t), mu, np.log(2) / 159.5)
+    assert g == pytest.approx(metrics.g_mono_exponential(lam, mu), rel=1e-2)
+
+
+def test_sampled_g_factor_matches_bi_exponential_and_vectorises():
+    lu, lc, mu = np.log(2) / 1.5, np.log(2) / 50.0, np.log(2) / 2.8
+    t = np.concatenate([[0.0], np.geomspace(0.02, 1500.0, 80)])
+    rate = np.exp(-lc * t) - np.exp(-lu * t)
+    g = metrics.g_factor_sampled(t, np.stack([rate, 3.0 * rate]), mu, np.log(2) / 159.5)
+    np.testing.assert_allclose(g, metrics.g_bi_exponential(lu, lc, mu), rtol=1e-2)  # G is scale-free
+    with pytest.raises(InvalidDoseInputError, match="dose_rate"):
+        metrics.g_factor_sampled(t, -rate, mu, 0.01)

@@ -1,1 +1,18 @@
-"""PatientTwin: composition of pbpk, imaging, calibration and dose — not implemented yet (issue 9)."""
+"""Patient digital twins: `PatientTwin` composes pbpk (model), imaging (study folders,
+time-activity tables), calibration (posterior) and dose (voxel dose, BED) into one object
+for schedule what-ifs, optimisation, PET-based therapy prediction and reports; `twin` is
+also the command line (`twin demo`, `twin calibrate`, ...).  Nothing imports `twin`."""
+
+from .covariates import Covariates
+from .errors import (ConfigError, InconsistentTimesError, MissingModalityError, NotCalibratedError, StudyError,
+                     TwinError, UnknownTracerError)
+from .limits import DEFAULT_LIMITS, Limit
+from .outcomes import Outcomes
+from .patient import PatientTwin
+from .study import Study, load_study, write_study
+
+__all__ = [
+    "ConfigError", "Covariates", "DEFAULT_LIMITS", "InconsistentTimesError", "Limit", "MissingModalityError",
+    "NotCalibratedError", "Outcomes", "PatientTwin", "Study", "StudyError", "TwinError", "UnknownTracerError",
+    "load_study", "write_study",
+]
