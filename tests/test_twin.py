@@ -154,15 +154,16 @@ def test_bad_inputs(model, twin):
 def test_predicted_therapy_doses_cover_the_truth(model):
     """Synthetic patients (receptor densities drawn from the prior): the 90 % credible
     interval of the predicted 4-cycle kidney and lesion dose holds the true dose at about
-    the stated rate (binomial: >= 13 of 16 intervals for 8 patients x 2 regions)."""
+    the stated rate: >= 7 of 10 intervals for 5 patients x 2 regions (at a true rate of
+    0.9 this fails with probability 1.3 %, binomial; the seeds are fixed)."""
     rng = np.random.default_rng(11)
     s = therapy(4)
     hits, total = 0, 0
-    for seed in range(8):
+    for seed in range(5):
         truth = {n: m * np.exp(sd * rng.standard_normal()) for n, (m, sd) in FREE.items()}
         t = PatientTwin(model, therapy(1), spect_table(model, truth, seed), free=FREE)
-        t.calibrate("laplace", num_samples=300, seed=seed)
-        pred = t.predict(s, max_draws=100).set_index("region")
+        t.calibrate("laplace", num_samples=200, seed=seed)
+        pred = t.predict(s, max_draws=60).set_index("region")
         op = t.dose_operator("Lu-177", model)
         traj = pbpk.simulate(model, s, [1.0], truth)
         true_dose = op.matrix @ np.array([float(traj.tia_of("Lu-177")[r]) for r in model.region_names])
@@ -170,4 +171,4 @@ def test_predicted_therapy_doses_cover_the_truth(model):
             d = true_dose[op.regions.index(region)]
             hits += pred.loc[region, "dose_gy_q05"] <= d <= pred.loc[region, "dose_gy_q95"]
             total += 1
-    assert hits >= 13, f"{hits}/{total} intervals hold the truth"
+    assert hits >= 7, f"{hits}/{total} intervals hold the truth"

@@ -292,7 +292,7 @@ class PatientTwin:
                 return traj.region_activity_mbq, traj.solver_ok
 
             activity, ok = jax.jit(jax.vmap(one))(thetas)
-            activity = np.asarray(activity)[np.asarray(ok)]
+            activity = np.maximum(np.asarray(activity)[np.asarray(ok)], 0.0)  # solver round-off (~1e-20 MBq)
             given = {a.tracer.nuclide for a in sub}
             q = np.quantile(activity, quantiles, axis=0)  # (n_q, nuclide, region, time)
             for i, nuc in enumerate(model.nuclides):
@@ -372,8 +372,14 @@ class PatientTwin:
         if self.ct is not None and method in ("density", "reference"):
             ct = imaging.resample_to(self.ct, self.labels)
             ct = ct.image if isinstance(ct, imaging.Scan) else ct
-        return dose.absorbed_dose(tia, None, schedule_nuclide(pbpk.schedule.as_schedule(schedule)), method=method,
-                                  ct_hu=ct, tia_units="MBq*h")
+        out = dose.absorbed_dose(tia, None, schedule_nuclide(pbpk.schedule.as_schedule(schedule)), method=method,
+                                 ct_hu=ct, tia_units="MBq*h")
+        values = sitk.GetArrayFromImage(out)
+        if values.min() < -1e-5 * max(values.max(), 0.0):
+            raise TwinError(f"dose map: negative dose {values.min()} Gy beyond FFT round-off")
+        clipped = sitk.GetImageFromArray(np.maximum(values, 0.0))  # float32 FFT round-off (~1e-7 of the maximum)
+        clipped.CopyInformation(out)
+        return clipped
 
 
 def _local_operator(placement: Placement, nuclide: str, volumes: Mapping[str, float]) -> DoseOperator:

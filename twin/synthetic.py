@@ -28,7 +28,9 @@ PET_ACTIVITY_MBQ, PET_LIGAND_NMOL, PET_SCAN_H = 150.0, 2.0, 1.0
 THERAPY_ACTIVITY_MBQ, THERAPY_LIGAND_NMOL = 7400.0, 90.0  # the VISION trial's 7.4 GBq per cycle (Sartor 2021 NEJM 385:1091)
 THERAPY_START_H = 168.0
 SPECT_SCANS_H = (24.0, 96.0)
-PERTURBED = ("kidneys", "salivary_glands", "liver", "spleen", "lesion_1", "lesion_2")
+#: Regions whose receptor density differs from the population value in the synthetic truth
+#: (the parameters the demo calibrates; the rest of the patient is the population model).
+PERTURBED = ("kidneys", "salivary_glands", "lesion_1", "lesion_2")
 
 
 @dataclass(frozen=True)
