@@ -1,5 +1,6 @@
 # Two entry points for a fresh machine (each does all set-up first):
-#   make demo   - install into .venv and run the main job (PBPK therapy-schedule example)
+#   make demo   - install into .venv and run the main job (`twin demo`: synthetic patient ->
+#                 calibration -> predicted dose, schedules, dose map, HTML report)
 #   make test   - install into .venv and run the test suite (what .ci/run calls)
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) examples/psma_therapy_schedule.py
+	$(VENV)/bin/twin demo --output twin-demo-output --force
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
