@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/twin demo --output twin-demo-output --force
+	$(VENV)/bin/twin demo --quick --output twin-demo-output --force
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
