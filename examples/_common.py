@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+
+from imaging.atomic import atomic_file
 
 EXAMPLES = Path(__file__).resolve().parent
 THERAPY_TRACER = "Lu-177-PSMA-617"
@@ -45,17 +46,10 @@ def output_folder(name: str, given: str | None, force: bool) -> Path:
 
 
 def _atomic(path: Path, write) -> Path:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write through `imaging.atomic.atomic_file` (temporary file with the same suffix, then rename)."""
+    with atomic_file(path) as tmp:
+        write(str(tmp))
+    return Path(path)
 
 
 def write_csv(frame: pd.DataFrame, path) -> Path:
@@ -78,15 +72,7 @@ def write_image(image, path) -> Path:
     """Write a SimpleITK image atomically (NIfTI when `path` ends in .nii.gz)."""
     import SimpleITK as sitk
 
-    suffix = "".join(Path(path).suffixes)
-
-    def write(tmp):
-        # SimpleITK picks the writer from the file name: write to tmp + suffix, then move onto tmp
-        named = tmp + suffix
-        sitk.WriteImage(image, named)
-        os.replace(named, tmp)
-
-    return _atomic(path, write)
+    return _atomic(path, lambda tmp: sitk.WriteImage(image, tmp))  # the temporary name keeps the suffix
 
 
 def synthetic_study(out: Path, seed: int, force: bool):
