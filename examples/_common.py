@@ -8,7 +8,6 @@ examples/, both work because the script's folder is on sys.path).
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from contextlib import contextmanager
