@@ -75,6 +75,32 @@ def _administrations_by_tracer(schedule: pbpk.Schedule) -> dict[str, list[float]
     return out
 
 
+def schedule_clock_h(tracers, cycles, time_after_h, schedule: pbpk.Schedule) -> tuple[np.ndarray, list[str]]:
+    """Schedule-clock time (h) and nuclide of each row: the time of the row tracer's
+    `cycle`-th administration (1-based, in time order) plus the row's time after it.
+    Raises TableError naming the row for an unknown tracer, a tracer the schedule never
+    gives, or a cycle the schedule does not have."""
+    given = _administrations_by_tracer(schedule)
+    time_after_h = np.asarray(time_after_h, dtype=float)
+    clock = np.empty(len(time_after_h))
+    nuclides = []
+    for i, (name, cycle) in enumerate(zip(tracers, cycles)):
+        try:
+            tr = pbpk.tracer(name)
+        except pbpk.UnknownTracerError as exc:
+            raise TableError(f"time-activity table row {i}: tracer {name!r} is unknown ({exc})") from None
+        times = given.get(tr.name)
+        if not times:
+            raise TableError(f"time-activity table row {i}: tracer {tr.name} is never administered in the "
+                             f"schedule (it gives {sorted(given)}); the table and schedule do not match")
+        if not 1 <= cycle <= len(times):
+            raise TableError(f"time-activity table row {i}: cycle {cycle} of {tr.name}; the schedule has "
+                             f"{len(times)} administration(s) of it")
+        clock[i] = times[cycle - 1] + time_after_h[i]
+        nuclides.append(tr.nuclide)
+    return clock, nuclides
+
+
 def observations_from_table(table: pd.DataFrame, model: pbpk.Model, schedule: pbpk.Schedule,
                             patient: str | None = None) -> Observations:
     """Validate a time-activity table against a model and schedule and index it.
@@ -119,24 +145,8 @@ def observations_from_table(table: pd.DataFrame, model: pbpk.Model, schedule: pb
                          f"expected a finite activity > 0 MBq (mark values below the detection limit with "
                          f"below_detection=True and give the limit)")
 
-    given = _administrations_by_tracer(schedule)
     cycles = rows["cycle"].to_numpy(dtype=int) if "cycle" in rows.columns else np.ones(len(rows), dtype=int)
-    clock = np.empty(len(rows))
-    nuclides = []
-    for i, (name, cycle) in enumerate(zip(rows["tracer"], cycles)):
-        try:
-            tr = pbpk.tracer(name)
-        except pbpk.UnknownTracerError as exc:
-            raise TableError(f"time-activity table row {i}: tracer {name!r} is unknown ({exc})") from None
-        times = given.get(tr.name)
-        if not times:
-            raise TableError(f"time-activity table row {i}: tracer {tr.name} is never administered in the "
-                             f"schedule (it gives {sorted(given)}); the table and schedule do not match")
-        if not 1 <= cycle <= len(times):
-            raise TableError(f"time-activity table row {i}: cycle {cycle} of {tr.name}; the schedule has "
-                             f"{len(times)} administration(s) of it")
-        clock[i] = times[cycle - 1] + time_after[i]
-        nuclides.append(tr.nuclide)
+    clock, nuclides = schedule_clock_h(rows["tracer"], cycles, time_after, schedule)
 
     uncertainty = np.zeros(len(rows))
     if "activity_uncertainty_mbq" in rows.columns:

@@ -140,7 +140,7 @@ def dose_operator(placement: Placement, nuclide: str, voxel_mm_zyx, region_volum
                   method: str = "kernel", ct_hu=None) -> DoseOperator:
     """One `dose.absorbed_dose` run per source (unit TIA with that source's shape) -> the
     region dose matrix (see module doc).  `voxel_mm_zyx`: voxel size per array axis."""
-    placed = [s for s in placement.sources if s != "remainder"]
+    placed = [s for s in placement.sources if s != REMAINDER]
     n_src = len(placement.sources)
     s_src = np.zeros((len(placed), n_src))  # Gy per MBq*h in source
     for k in range(n_src):

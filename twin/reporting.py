@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from calibration.errors import TableError
+from calibration.observations import schedule_clock_h
 import imaging
 import pbpk
 
@@ -69,28 +71,16 @@ def observed_on_schedule_clock(table: pd.DataFrame, schedule) -> pd.DataFrame:
     if missing:
         raise TwinError(f"table: missing column(s) {missing} for the observed points")
     schedule = pbpk.schedule.as_schedule(schedule)
-    times_of: dict[str, list[float]] = {}
-    for a in sorted(schedule, key=lambda a: a.time_h):
-        times_of.setdefault(a.tracer.name, []).append(float(a.time_h))
     cycles = table["cycle"].to_numpy() if "cycle" in table.columns else np.ones(len(table), dtype=int)
-    clock = np.empty(len(table))
-    nuclides = []
-    for i, (name, cycle, t) in enumerate(zip(table["tracer"], cycles, table["time_h"].to_numpy(float))):
+    for i, cycle in enumerate(cycles):
         cycle = cycle.item() if isinstance(cycle, np.generic) else cycle
-        try:
-            tracer = pbpk.tracer(str(name))
-        except pbpk.UnknownTracerError as err:
-            raise TwinError(f"table row {i}: tracer {name!r} is unknown ({err})") from None
-        times = times_of.get(tracer.name)
-        if not times:
-            raise TwinError(f"table row {i}: tracer {tracer.name} is never administered in the schedule "
-                            f"(it gives {sorted(times_of)})")
-        whole = not isinstance(cycle, bool) and isinstance(cycle, (int, float)) and float(cycle).is_integer()
-        if not whole or not 1 <= int(cycle) <= len(times):
-            raise TwinError(f"table row {i}: cycle {cycle!r} of {tracer.name}; the schedule has {len(times)} "
-                            f"administration(s) of it")
-        clock[i] = times[int(cycle) - 1] + t
-        nuclides.append(tracer.nuclide)
+        if isinstance(cycle, bool) or not isinstance(cycle, (int, float)) or not float(cycle).is_integer():
+            raise TwinError(f"table row {i}: cycle {cycle!r}; expected a whole administration number (1-based)")
+    try:
+        clock, nuclides = schedule_clock_h(table["tracer"].astype(str), [int(c) for c in cycles],
+                                           table["time_h"].to_numpy(float), schedule)
+    except TableError as err:
+        raise TwinError(f"observed points: {err}") from None
     out = pd.DataFrame({"region": table["region"].astype(str).to_numpy(),
                         "modality": table["modality"].astype(str).to_numpy(),
                         "nuclide": nuclides, "time_h": clock,
