@@ -5,6 +5,7 @@
     twin predict TWIN_DIR --config CFG.toml --output results.csv [--max-draws N] [--force]
     twin dose    TWIN_DIR --config CFG.toml --output dose.nii.gz [--method kernel|...] [--max-draws N] [--force]
     twin report  TWIN_DIR --config CFG.toml --output report.html [--max-draws N] [--force]
+    twin trial   CONFIG.toml --output DIR [--scheduler ADDRESS | --workers N] [--force]   (twin.cli_cohort)
 
 `twin demo` writes a synthetic PET + two-SPECT study (twin.synthetic) and its calibrated
 twin into DIR: study/, twin/, results.csv (TIA, dose and BED of `demo_schedules`, the first
@@ -43,12 +44,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import math
 import signal
 import sys
 import threading
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -60,12 +59,13 @@ import pbpk
 
 from calibration import CALIBRATION_SOLVER
 
+from . import cli_cohort
+from .configs import SCHEDULE_KEYS, integer as _integer, no_unknown as _unknown, number as _number
+from .configs import read_toml, schedule as _schedule
 from .errors import ConfigError, TwinError
 
 DEMO_OUTPUT = "twin-demo-output"
 THERAPY_NAME = "therapy"
-DEFAULT_TRACER = "Lu-177-PSMA-617"
-_SCHEDULE_KEYS = ("cycles", "activity_mbq", "ligand_nmol", "interval_h", "tracer")
 _OPTIMISE_KEYS = ("activities_mbq", "n_cycles", "probability", "ligand_nmol", "interval_h")
 _TOP_KEYS = ("therapy", "schedules", "optimise")
 #: Errors reported as "twin: error: ..." with exit status 2 (bad input or a failed computation).
@@ -88,51 +88,6 @@ class Config:
     optimise: dict | None
 
 
-def _number(value, where: str, *, positive: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or (positive and value <= 0):
-        raise ConfigError(f"{where}: {value!r}; expected a finite number{' > 0' if positive else ''}")
-    return float(value)
-
-
-def _integer(value, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{where}: {value!r}; expected an integer >= 1")
-    return int(value)
-
-
-def _unknown(table: Mapping, known: Sequence[str], where: str) -> None:
-    bad = sorted(set(table) - set(known))
-    if bad:
-        raise ConfigError(f"{where}: unknown key(s) {bad}; expected some of {list(known)}")
-
-
-def _schedule(spec: Mapping, where: str) -> pbpk.Schedule:
-    """A schedule from validated keys cycles, activity_mbq, ligand_nmol, interval_h, tracer."""
-    for key in ("cycles", "activity_mbq"):
-        if key not in spec:
-            raise ConfigError(f"{where}: key {key!r} missing")
-    n = _integer(spec["cycles"], f"{where} key 'cycles'")
-    activity = _number(spec["activity_mbq"], f"{where} key 'activity_mbq'")
-    ligand = None if spec.get("ligand_nmol") is None else _number(spec["ligand_nmol"], f"{where} key 'ligand_nmol'")
-    if "interval_h" in spec:
-        interval = _number(spec["interval_h"], f"{where} key 'interval_h'")
-    elif n > 1:
-        raise ConfigError(f"{where}: key 'interval_h' missing; expected the time between cycles (h) for {n} cycles")
-    else:
-        interval = 1.0  # unused for one cycle
-    name = spec.get("tracer", DEFAULT_TRACER)
-    if not isinstance(name, str):
-        raise ConfigError(f"{where} key 'tracer': {name!r}; expected a tracer name such as {DEFAULT_TRACER!r}")
-    try:
-        pbpk.tracer(name)
-        return pbpk.Schedule.cycles(n, activity_mbq=activity, ligand_nmol=ligand, interval_h=interval, tracer=name)
-    except pbpk.UnknownTracerError as err:
-        raise ConfigError(f"{where} key 'tracer': {err}") from None
-    except pbpk.PBPKError as err:
-        raise ConfigError(f"{where}: {err}") from None
-
-
 def _values(value, where: str, integer: bool = False) -> list:
     if not isinstance(value, list) or not value:
         raise ConfigError(f"{where}: {value!r}; expected a non-empty array")
@@ -147,7 +102,7 @@ def parse_config(doc: Mapping, where: str) -> Config:
     therapy_spec = doc["therapy"]
     if not isinstance(therapy_spec, dict):
         raise ConfigError(f"{where} [therapy]: expected a table")
-    _unknown(therapy_spec, _SCHEDULE_KEYS, f"{where} [therapy]")
+    _unknown(therapy_spec, SCHEDULE_KEYS, f"{where} [therapy]")
     therapy = _schedule(therapy_spec, f"{where} [therapy]")
 
     schedules = {}
@@ -156,7 +111,7 @@ def parse_config(doc: Mapping, where: str) -> Config:
         raise ConfigError(f"{where} [[schedules]]: expected an array of tables")
     for k, s in enumerate(raw, start=1):
         sw = f"{where} [[schedules]] #{k}"
-        _unknown(s, ("name",) + _SCHEDULE_KEYS, sw)
+        _unknown(s, ("name",) + SCHEDULE_KEYS, sw)
         name = s.get("name")
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"{sw} key 'name': {name!r}; expected a non-empty string")
@@ -201,18 +156,7 @@ def parse_config(doc: Mapping, where: str) -> Config:
 
 def load_config(path) -> Config:
     """Read and validate a TOML config (ConfigError naming the file and key)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read the config file ({err})") from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML ({err})") from None
-    return parse_config(doc, str(path))
+    return parse_config(read_toml(path), str(path))
 
 
 # ----------------------------------------------------------------------------- progress and output
@@ -450,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--method", choices=dose.absorbed.METHODS, default=None,
                            help="dose method (default: the twin's)")
         p.set_defaults(func={"predict": cmd_predict, "dose": cmd_dose, "report": cmd_report}[name])
+    cli_cohort.add_parsers(sub, _positive_int)
     return parser
 
 

@@ -162,3 +162,21 @@ def dose_operator(placement: Placement, nuclide: str, voxel_mm_zyx, region_volum
         rows.append(row[None, :])
         regions.append(r)
     return DoseOperator(tuple(regions), np.concatenate(rows, axis=0), nuclide, method)
+
+
+def self_dose_operator(model_regions: Sequence[str], nuclide: str, region_volumes_ml: Mapping[str, float],
+                       regions: Sequence[str] | None = None) -> DoseOperator:
+    """Self-dose only (local absorption of the non-penetrating energy, no anatomy):
+    S[t, t] = Delta_np / m_t for each dose region t in `regions` (default: every model
+    region that is placed, i.e. all but `NOT_PLACED`), m_t from `region_volumes_ml` at
+    1.0 g/mL.  Photon self-absorption and cross-dose are neglected (177Lu photons carry
+    0.035 of the 0.183 MeV emitted per decay, ICRP-107 via `dose.nuclides`, and mostly
+    escape organ-sized volumes)."""
+    model_regions = tuple(model_regions)
+    regions = tuple(r for r in model_regions if r not in NOT_PLACED) if regions is None else tuple(regions)
+    unknown = [r for r in regions if r not in model_regions]
+    if unknown:
+        raise TwinError(f"dose regions {unknown} are not regions of the model {list(model_regions)}")
+    placement = Placement((), np.zeros((0,)), np.zeros((0,)), np.zeros((0, len(model_regions))), model_regions,
+                          regions)
+    return dose_operator(placement, nuclide, (1.0, 1.0, 1.0), region_volumes_ml)

@@ -106,17 +106,31 @@ def _group(schedules: Sequence[pbpk.Schedule]) -> dict[tuple, list[int]]:
     return groups
 
 
-def simulate_outcomes(model: pbpk.Model, parameters: Callable, thetas: np.ndarray,
-                      schedules: Mapping[str, pbpk.Schedule], operator: DoseOperator,
-                      radiobiology: Mapping[str, metrics.Radiobiology], *,
-                      options: pbpk.SolverOptions = pbpk.SolverOptions(), cache: dict | None = None) -> Outcomes:
-    """Outcomes of every schedule for every draw (see module doc).
+@dataclass(frozen=True)
+class OutcomeArrays:
+    """Outcomes of every draw, failed solves included: arrays (n_draws, n_schedules, n_regions)
+    as in `Outcomes` (tia over the model's regions, dose and BED over the operator's) and
+    solver_ok (n_draws,): False where any schedule's solve failed (its values are then not
+    to be trusted; non-finite amounts are replaced by 0 before the dose)."""
 
-    parameters: theta -> {parameter name: value} (e.g. `calibration` Problem.parameters);
-    thetas: (n_draws, n_free); schedules: name -> therapy schedule, all of `operator.nuclide`;
-    radiobiology: dose region -> LQ parameters (regions not in it get BED NaN).
-    cache: a dict kept by the caller for the jitted solves (one per model and schedule
-      structure; XLA then recompiles only for new array shapes, e.g. another draw count).
+    schedule_names: tuple[str, ...]
+    tia_mbq_h: np.ndarray
+    dose_gy: np.ndarray
+    bed_gy: np.ndarray
+    solver_ok: np.ndarray
+
+
+def outcome_arrays(model: pbpk.Model, parameters: Callable, thetas: np.ndarray,
+                   schedules: Mapping[str, pbpk.Schedule], operator: DoseOperator,
+                   radiobiology: Mapping[str, metrics.Radiobiology], *, dose_scale: np.ndarray | None = None,
+                   options: pbpk.SolverOptions = pbpk.SolverOptions(), cache: dict | None = None) -> OutcomeArrays:
+    """Outcomes of every schedule for every draw, failed draws kept and flagged (see
+    `simulate_outcomes` for the arguments).
+
+    dose_scale: optional (n_draws, n_dose_regions) factor on each row of S per draw, for
+      draws that are different patients (e.g. reference mass / patient mass of a self-dose
+      row).  The Lea-Catcheside factor does not change with a constant factor on the dose
+      rate, so BED_d = D_d + G D_d^2 / (alpha/beta) with the scaled D_d.
     """
     cache = {} if cache is None else cache
     names = tuple(schedules)
@@ -131,6 +145,9 @@ def simulate_outcomes(model: pbpk.Model, parameters: Callable, thetas: np.ndarra
     lam_phys = math.log(2.0) / half_life_h(operator.nuclide)
     n_draws, n_sched = thetas.shape[0], len(scheds)
     n_model, n_dose = len(model.region_names), len(operator.regions)
+    scale = np.ones((n_draws, n_dose)) if dose_scale is None else np.asarray(dose_scale, dtype=np.float64)
+    if scale.shape != (n_draws, n_dose) or not np.all(np.isfinite(scale)):
+        raise TwinError(f"dose_scale: expected finite values of shape {(n_draws, n_dose)}, got {scale.shape}")
     tia = np.zeros((n_draws, n_sched, n_model))
     dose_gy = np.zeros((n_draws, n_sched, n_dose))
     bed = np.full((n_draws, n_sched, n_dose), np.nan)
@@ -158,17 +175,34 @@ def simulate_outcomes(model: pbpk.Model, parameters: Callable, thetas: np.ndarra
         activity = np.where(np.isfinite(activity), np.maximum(activity, 0.0), 0.0)
         for g, k in enumerate(indices):
             tia[:, k] = region_tia[:, g]
-            dose_gy[:, k] = region_tia[:, g] @ s_matrix.T
-            rate = np.einsum("drt,qr->dqt", activity[:, g], s_matrix)  # Gy/h per dose region
+            dose_gy[:, k] = (region_tia[:, g] @ s_matrix.T) * scale
+            rate = np.einsum("drt,qr->dqt", activity[:, g], s_matrix)  # Gy/h per dose region (unscaled)
             for j, region in enumerate(operator.regions):
                 lq = radiobiology.get(region)
                 if lq is None:
                     continue
                 g_factor = metrics.g_factor_sampled(grids[g], rate[:, j], lq.repair_rate_per_h, lam_phys)
                 bed[:, k, j] = dose_gy[:, k, j] + g_factor * dose_gy[:, k, j] ** 2 / lq.alpha_beta_gy
-    if not ok_all.any():
+    return OutcomeArrays(names, tia, dose_gy, bed, ok_all)
+
+
+def simulate_outcomes(model: pbpk.Model, parameters: Callable, thetas: np.ndarray,
+                      schedules: Mapping[str, pbpk.Schedule], operator: DoseOperator,
+                      radiobiology: Mapping[str, metrics.Radiobiology], *,
+                      options: pbpk.SolverOptions = pbpk.SolverOptions(), cache: dict | None = None) -> Outcomes:
+    """Outcomes of every schedule for every draw (see module doc); draws whose solve failed
+    are dropped and counted in `failed_fraction`.
+
+    parameters: theta -> {parameter name: value} (e.g. `calibration` Problem.parameters);
+    thetas: (n_draws, n_free); schedules: name -> therapy schedule, all of `operator.nuclide`;
+    radiobiology: dose region -> LQ parameters (regions not in it get BED NaN).
+    cache: a dict kept by the caller for the jitted solves (one per model and schedule
+      structure; XLA then recompiles only for new array shapes, e.g. another draw count).
+    """
+    out = outcome_arrays(model, parameters, thetas, schedules, operator, radiobiology, options=options, cache=cache)
+    ok = out.solver_ok
+    if not ok.any():
         raise TwinError("every posterior draw failed to solve for these schedules; check the schedules "
                         "(activities, ligand amounts) or loosen the solver tolerances")
-    return Outcomes(names, model.region_names, operator.regions, tia[ok_all], dose_gy[ok_all], bed[ok_all],
-                    float(1.0 - ok_all.mean()))
-
+    return Outcomes(out.schedule_names, model.region_names, operator.regions, out.tia_mbq_h[ok], out.dose_gy[ok],
+                    out.bed_gy[ok], float(1.0 - ok.mean()))

@@ -46,7 +46,7 @@ from dose import metrics
 
 from .covariates import Covariates
 from .errors import NotCalibratedError, TwinError
-from .maps import NOT_PLACED, DoseOperator, Placement, dose_operator, place_regions, tia_map
+from .maps import NOT_PLACED, DoseOperator, Placement, dose_operator, place_regions, self_dose_operator, tia_map
 from .outcomes import Outcomes, schedule_nuclide, simulate_outcomes
 
 DEFAULT_MAX_DRAWS = 100
@@ -221,10 +221,7 @@ class PatientTwin:
             volumes = pbpk.region_volumes_ml(model)
             placement = self.placement()
             if placement is None:
-                placement = Placement((), np.zeros((0,)), np.zeros((0,)), np.zeros((0, len(model.region_names))),
-                                      model.region_names, tuple(r for r in model.region_names
-                                                                if r not in ("whole_body", "urine")))
-                self._operators[key] = _local_operator(placement, nuclide, volumes)
+                self._operators[key] = self_dose_operator(model.region_names, nuclide, volumes)
             else:
                 if placement.model_regions != model.region_names:
                     placement = place_regions(model.region_names, self.labels, self.region_names, self.activity_image)
@@ -380,8 +377,3 @@ class PatientTwin:
         clipped = sitk.GetImageFromArray(np.maximum(values, 0.0))  # float32 FFT round-off (~1e-7 of the maximum)
         clipped.CopyInformation(out)
         return clipped
-
-
-def _local_operator(placement: Placement, nuclide: str, volumes: Mapping[str, float]) -> DoseOperator:
-    """Self-dose only (local absorption) for every region: the twin without anatomy."""
-    return dose_operator(placement, nuclide, (1.0, 1.0, 1.0), volumes)

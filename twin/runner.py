@@ -1,0 +1,172 @@
+"""Run many independent parts (trial chunks, cohort patients) in-process or on a Dask
+cluster, writing each finished part atomically so an interrupted run resumes.
+
+A *part* k is computed by ``task(k) -> {table name: DataFrame}`` and stored as
+``folder/<table>/part-<k>.parquet`` for every table (a Parquet dataset per table: read it
+with ``pandas.read_parquet(folder / table)``).  A part is done when all its files exist;
+a rerun skips done parts, so a run interrupted at any point and started again ends with
+the same files, each part exactly once (files are keyed by part, written to a hidden
+temporary name and renamed; readers and pyarrow ignore names starting with ".").
+
+Where the work runs:
+
+* in-process (default): a plain loop, no scheduler, no ports;
+* a ``distributed.Client`` (``connect(scheduler=ADDRESS)`` or a ``LocalCluster`` from
+  ``connect(workers=N)``): ``client.map`` over the parts, results written by this process
+  as they complete.  A worker that dies mid-part loses nothing: the scheduler re-runs its
+  unfinished parts elsewhere, and parts are only written once complete.
+
+JAX on workers (`worker_environment`): one XLA CPU thread per worker thread
+(``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``, OMP_NUM_THREADS=1),
+so N single-threaded workers use N cores without oversubscription; a persistent
+compilation cache shared by all workers (``JAX_COMPILATION_CACHE_DIR``), so the model is
+compiled once per machine, not once per worker.  On a remote cluster set the same
+variables in the workers' environment (see README, "Cohort scale").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+import pandas as pd
+
+from imaging.atomic import atomic_file
+
+from .errors import TwinError
+
+PART_PATTERN = "part-{:06d}.parquet"
+XLA_SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+@dataclass
+class RunStats:
+    """What a run did: parts computed now, parts found done on disk, and parts that raised
+    (part -> error text; their files are absent, so a rerun retries them)."""
+
+    computed: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+def part_path(folder: Path, table: str, part: int) -> Path:
+    return Path(folder) / table / PART_PATTERN.format(part)
+
+
+def part_done(folder: Path, tables: Sequence[str], part: int) -> bool:
+    return all(part_path(folder, t, part).exists() for t in tables)
+
+
+def write_part(folder: Path, tables: Sequence[str], part: int, result: Mapping[str, pd.DataFrame]) -> None:
+    """Write one part's tables atomically (TwinError if the task returned other tables)."""
+    if set(result) != set(tables):
+        raise TwinError(f"part {part}: the task returned tables {sorted(result)}; expected {sorted(tables)}")
+    for name in tables:
+        with atomic_file(part_path(folder, name, part)) as tmp:
+            result[name].to_parquet(tmp, index=False)
+
+
+def default_cache_dir() -> Path:
+    """Where workers share compiled XLA programs: $JAX_COMPILATION_CACHE_DIR, else a folder
+    in the system temporary directory."""
+    return Path(os.environ.get("JAX_COMPILATION_CACHE_DIR") or Path(tempfile.gettempdir()) / "rpt-twin-jax-cache")
+
+
+def worker_environment(cache_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """Environment of a single-threaded JAX worker (see module doc)."""
+    return {
+        "XLA_FLAGS": XLA_SINGLE_THREAD,
+        "OMP_NUM_THREADS": "1",
+        "JAX_COMPILATION_CACHE_DIR": str(cache_dir or default_cache_dir()),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+
+
+@contextlib.contextmanager
+def connect(scheduler=None, workers: int | None = None, cache_dir=None) -> Iterator[object | None]:
+    """The client to run on: None (in-process) when neither is given; a Client of the
+    scheduler at `scheduler` (an address such as "tcp://host:8786", or a Client, used
+    as is); or a LocalCluster of `workers` single-threaded processes with
+    `worker_environment`.  Closes what it opened."""
+    if scheduler is not None and workers is not None:
+        raise TwinError("give either a scheduler address or a number of local workers, not both")
+    if scheduler is None and workers is None:
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        if isinstance(scheduler, Client):
+            yield scheduler
+            return
+        with Client(scheduler) as client:
+            yield client
+        return
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise TwinError(f"workers = {workers!r}; expected an integer >= 1")
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                      env=worker_environment(cache_dir)) as cluster, Client(cluster) as client:
+        yield client
+
+
+def run_parts(task: Callable[[int], Mapping[str, pd.DataFrame]], parts: Sequence[int], folder, tables: Sequence[str],
+              *, client=None, name: str = "part", progress: Callable[[int, int], None] | None = None) -> RunStats:
+    """Compute and store every part not yet done (see module doc).
+
+    task: part -> {table: DataFrame}; must be picklable (a module-level function or a
+      functools.partial of one) when `client` is given.
+    progress: called as progress(finished, total) after each part (total counts every
+      part, done ones included).
+    """
+    folder = Path(folder)
+    stats = RunStats()
+    todo = []
+    for k in parts:
+        (stats.skipped if part_done(folder, tables, k) else todo).append(k)
+    total, finished = len(parts), len(stats.skipped)
+    if progress:
+        progress(finished, total)
+
+    def store(k, result):
+        nonlocal finished
+        write_part(folder, tables, k, result)
+        stats.computed.append(k)
+        finished += 1
+        if progress:
+            progress(finished, total)
+
+    if client is None:
+        for k in todo:
+            try:
+                result = task(k)
+            except Exception as err:  # recorded per part; the other parts go on
+                stats.failed[k] = f"{type(err).__name__}: {err}"
+                continue
+            store(k, result)
+        return stats
+
+    from distributed import as_completed
+
+    keys = [f"{name}-{k}" for k in todo]
+    futures = client.map(task, todo, key=keys)
+    part_of = dict(zip(keys, todo))
+    for future in as_completed(futures):
+        k = part_of[future.key]
+        if future.status != "finished":
+            stats.failed[k] = f"{type(future.exception()).__name__}: {future.exception()}"
+        else:
+            store(k, future.result())
+        future.release()
+    return stats
+
+
+def print_progress(label: str, stream=None) -> Callable[[int, int], None]:
+    """A `progress` callback printing "label: k/n" lines to stderr."""
+    def show(finished: int, total: int) -> None:
+        print(f"{label}: {finished}/{total}", file=stream or sys.stderr, flush=True)
+    return show
