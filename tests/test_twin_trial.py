@@ -66,9 +66,9 @@ def test_trial_tables_and_one_patient_against_a_direct_simulation(trial_run):
     delta_j_per_mbq_h = dose.nuclide("Lu-177").non_penetrating_mev * MEV_TO_J * 1e6 * 3600.0
     mine = out[(out.patient_id == 4) & (out.schedule == "2 x 7.4 GBq")].set_index("region")
     for region in ("kidneys", "red_marrow", "lesion_1"):
-        assert mine.loc[region, "tia_mbq_h"] == pytest.approx(tia[region], rel=1e-6)
+        assert mine.loc[region, "tia_mbq_h"] == pytest.approx(tia[region], rel=2e-5)  # trial rtol 1e-4
         expected = tia[region] * delta_j_per_mbq_h / (volumes[region] * 1e-3)  # 1.0 g/mL
-        assert mine.loc[region, "dose_gy"] == pytest.approx(expected, rel=1e-6)
+        assert mine.loc[region, "dose_gy"] == pytest.approx(expected, rel=2e-5)
     assert mine.loc["kidneys", "bed_gy"] > mine.loc["kidneys", "dose_gy"]
     # the same total ligand (100 nmol) with half the activity: the same kinetics of the
     # ligand, half the labelled fraction -> exactly half the TIA and dose in every region
@@ -121,7 +121,7 @@ def test_resume_recomputes_only_missing_chunks(trial_run, tmp_path):
 def test_other_trial_in_the_folder_is_refused(trial_run):
     config, run = trial_run
     other = TrialConfig.from_dict(small_trial(seed=12))
-    with pytest.raises(TwinError, match="holds another trial"):
+    with pytest.raises(TwinError, match="holds another run"):
         run_trial(other, run.folder)
 
 
@@ -186,3 +186,21 @@ def test_local_cluster_with_a_killed_worker_gives_the_in_process_table(trial_run
     out = distributed.outcomes()
     assert not out.duplicated(["patient_id", "schedule", "region"]).any()
     pd.testing.assert_frame_equal(out, run.outcomes())
+
+
+def test_patients_the_model_cannot_hold_are_recorded_not_fatal(trial_run, tmp_path):
+    """Large lesions leave no rest-of-body plasma flow (flows are balanced): those patients
+    get model_error and NaN outcomes; the others are computed as usual."""
+    doc = small_trial(patients=6)
+    doc["population"]["lesion_volume_ml"] = {"distribution": "uniform", "low": 50.0, "high": 1500.0}
+    config = TrialConfig.from_dict(doc)
+    run = run_trial(config, tmp_path / "big-lesions")
+    patients, out = run.patients(), run.outcomes()
+    bad = patients["model_error"] != ""
+    assert bad.any() and (~bad).any()
+    assert patients.loc[bad, "model_error"].str.contains("expected").all()
+    assert (patients.loc[bad, "lesion_1_volume_ml"] > patients.loc[~bad, "lesion_1_volume_ml"].max()).all()
+    by_patient = out.groupby("patient_id")
+    assert (~by_patient["solver_ok"].any()[patients.loc[bad, "patient_id"]]).all()
+    assert by_patient["solver_ok"].all()[patients.loc[~bad, "patient_id"]].all()
+    assert out.loc[~out["solver_ok"], "dose_gy"].isna().all()

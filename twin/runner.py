@@ -27,7 +27,9 @@ variables in the workers' environment (see README, "Cohort scale").
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -69,6 +71,31 @@ def write_part(folder: Path, tables: Sequence[str], part: int, result: Mapping[s
     for name in tables:
         with atomic_file(part_path(folder, name, part)) as tmp:
             result[name].to_parquet(tmp, index=False)
+
+
+def prepare_folder(folder, manifest_name: str, manifest: Mapping, *, force: bool = False) -> Path:
+    """Create the output folder with its manifest (JSON: what the run computes), or check
+    that an existing folder holds the same run (a resume); `force` empties it first.
+    TwinError when the folder holds another run or is not a run folder."""
+    folder = Path(folder)
+    path = folder / manifest_name
+    wanted = json.loads(json.dumps(manifest))  # as it reads back (tuples -> lists)
+    if folder.exists() and force:
+        shutil.rmtree(folder)
+    if path.exists():
+        try:
+            held = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise TwinError(f"{path}: unreadable manifest ({err}); use another folder or --force") from None
+        if held != wanted:
+            raise TwinError(f"{folder}: holds another run (its {manifest_name} differs from this one); "
+                            "use another output folder or --force to replace it")
+        return folder
+    if folder.exists() and any(folder.iterdir()):
+        raise TwinError(f"{folder}: exists and is not a run folder (no {manifest_name}); use another folder or --force")
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(wanted, indent=2), encoding="utf-8")
+    return folder
 
 
 def default_cache_dir() -> Path:
