@@ -124,14 +124,20 @@ def plot_distributions(acc: _Accumulator, regions: Sequence[str]):
         raise TwinError(f"no outcomes for regions {list(regions)} in this trial")
     schedules = list(dict.fromkeys(k[0] for k in acc.counts))
     fig = Figure(figsize=(4.0 * len(regions), 3.2))
+    coarse = acc.edges[::10]  # 10 bins per decade for display
     for i, region in enumerate(regions):
         ax = fig.add_subplot(1, len(regions), i + 1)
+        used = np.zeros(len(coarse) - 1, dtype=bool)
         for s in schedules:
             hist = acc.hists.get((s, region, "dose_gy"))
             if hist is None:
                 continue
-            merged = hist[1:-1].reshape(-1, 10).sum(axis=1)  # 10 bins per decade for display
-            ax.stairs(merged, acc.edges[::10], label=s)
+            merged = hist[1:-1].reshape(-1, 10).sum(axis=1)
+            used |= merged > 0
+            ax.stairs(merged, coarse, label=s)
+        if used.any():
+            first, last = np.flatnonzero(used)[[0, -1]]
+            ax.set_xlim(coarse[max(first - 2, 0)], coarse[min(last + 3, len(coarse) - 1)])
         for lim in acc.limits:
             if lim.region == region and lim.quantity == "dose_gy":
                 ax.axvline(lim.value, ls="--", color="k", lw=1)

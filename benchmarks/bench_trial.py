@@ -1,0 +1,108 @@
+"""Virtual-trial throughput and memory: in-process vs Dask LocalCluster with 1 and 2
+workers (scaling efficiency), and peak memory at two population sizes.
+
+Trial: N virtual patients (twin.population defaults, 2 lesions) x S schedules of C
+cycles each (177Lu-PSMA-617, 100 nmol, every 6 weeks, activities spread over 4-10 GBq),
+the full single-tracer PSMA model (`pbpk.psma_model`, 106 species with two lesions; no
+reduced model exists yet, issue 7), at the trial's default solver tolerance (rtol 1e-4).  A simulation = one patient under one schedule.
+
+* throughput: each mode first computes one warm-up chunk in every process (compilation),
+  then runs the timed trial; simulations per second and the ratios
+  (2 workers / 1 worker = scaling; in-process / 1 worker = Dask overhead);
+* memory: the in-process trial at N_small and N_large patients (one 1-cycle schedule, to
+  keep it short), each in its own child process; the child's peak RSS (ru_maxrss) is printed for both (it must not grow with N:
+  chunks are written and dropped);
+* extrapolation: wall time of a 10^5-patient trial at the measured 2-worker rate.
+
+Run:  python benchmarks/bench_trial.py [--patients 40] [--schedules 10] [--cycles 6]
+          [--chunk 10] [--memory 100 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from twin import runner  # noqa: E402
+from twin.trial import TrialConfig, run_trial, trial_chunk  # noqa: E402
+
+
+def trial_config(patients: int, schedules: int, cycles: int, chunk: int, seed: int = 1) -> TrialConfig:
+    activities = [4000.0 + 6000.0 * k / max(schedules - 1, 1) for k in range(schedules)]
+    return TrialConfig.from_dict({
+        "trial": {"patients": patients, "seed": seed, "chunk_size": chunk},
+        "schedules": [{"name": f"{cycles} x {a / 1000:.2f} GBq", "cycles": cycles, "activity_mbq": a,
+                       "ligand_nmol": 100.0, "interval_h": 1008.0} for a in activities],
+    })
+
+
+def timed_run(config: TrialConfig, warm: TrialConfig, client, folder: Path) -> float:
+    """Compile on every worker first (client.run runs on each), then time the trial."""
+    if client is None:
+        trial_chunk(warm.to_dict(), 0)
+    else:
+        client.run(trial_chunk, warm.to_dict(), 0)
+    start = time.perf_counter()
+    run_trial(config, folder / "timed", client=client, force=True)
+    return time.perf_counter() - start
+
+
+def memory_child(patients: int, schedules: int, cycles: int, chunk: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        run_trial(trial_config(patients, schedules, cycles, chunk), Path(tmp) / "t")
+    print(json.dumps({"max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--patients", type=int, default=40)
+    ap.add_argument("--schedules", type=int, default=10)
+    ap.add_argument("--cycles", type=int, default=6)
+    ap.add_argument("--chunk", type=int, default=10)
+    ap.add_argument("--memory", type=int, nargs=2, default=(40, 400), metavar=("N_SMALL", "N_LARGE"),
+                    help="population sizes of the memory runs (1 schedule of 1 cycle each, chunks of --chunk)")
+    ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child is not None:
+        memory_child(args.memory_child, args.schedules, args.cycles, args.chunk)
+        return
+
+    config = trial_config(args.patients, args.schedules, args.cycles, args.chunk)
+    warm = trial_config(args.chunk, args.schedules, args.cycles, args.chunk, seed=2)
+    sims = args.patients * args.schedules
+    print(f"trial: {args.patients} patients x {args.schedules} schedules x {args.cycles} cycles "
+          f"(chunks of {args.chunk}), full PSMA model; {os.cpu_count()} CPUs")
+    rates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        rates["in-process"] = sims / timed_run(config, warm, None, tmp / "inproc")
+        for n in (1, 2):
+            with runner.connect(workers=n, cache_dir=tmp / "jax-cache") as client:
+                rates[f"{n} worker(s)"] = sims / timed_run(config, warm, client, tmp / f"w{n}")
+    for mode, rate in rates.items():
+        print(f"  {mode:12s} {rate:8.2f} simulations/s")
+    print(f"  scaling 2 workers / 1 worker: {rates['2 worker(s)'] / rates['1 worker(s)']:.2f}x "
+          f"(target >= 1.8x); in-process / 1 worker: {rates['in-process'] / rates['1 worker(s)']:.2f}x")
+    hours = 1e5 * args.schedules / rates["2 worker(s)"] / 3600
+    print(f"  10^5 patients x {args.schedules} schedules at the 2-worker rate: {hours:.1f} h "
+          "(target 15 min with a reduced model)")
+
+    for n in args.memory:
+        out = subprocess.run([sys.executable, __file__, "--memory-child", str(n), "--schedules", "1",
+                              "--cycles", "1", "--chunk", str(args.chunk)],
+                             check=True, capture_output=True, text=True)
+        rss = json.loads(out.stdout.strip().splitlines()[-1])["max_rss_mb"]
+        print(f"  peak memory (in-process, {n} patients): {rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
