@@ -14,7 +14,7 @@ Steps:
    (`dose.corrector.inference`: patch-wise 3D U-Net, global scale, non-negative).
    Weights: `--weights PATH` (written by `dose.corrector.inference.save`, e.g. by
    examples/train_dose_corrector.py); with `--train-quick` tiny weights are first trained
-   on a few phantom pairs (`dose.corrector.data.make_pairs`, `dose.corrector.train`) and
+   on a few phantom pairs (`twin.corrector_data.phantom_pairs`, `dose.corrector.train`) and
    written to PATH (default <output>/corrector_quick.pt).  Quick weights only show the
    plumbing; they are not a validated corrector.
 Writes <output>/dose_kernel.nii.gz, dose_density.nii.gz, dose_cnn.nii.gz and
@@ -43,7 +43,7 @@ from _common import (ExampleError, calibrated_twin, output_folder, print_frame, 
 
 def train_quick_weights(path: Path, n_pairs: int, epochs: int) -> None:
     """Tiny corrector weights (base 4) trained on `n_pairs` phantom pairs; written to `path`."""
-    from dose.corrector.data import make_pairs
+    from twin.corrector_data import phantom_pairs as make_pairs
     from dose.corrector.train import train
 
     pairs = make_pairs(range(1, n_pairs + 1))

@@ -2,13 +2,13 @@
 
     .venv/bin/python examples/train_dose_corrector.py OUT.pt [--seeds 12] [--epochs 60]
 
-Pairs: dose.corrector.data.make_pair (synthetic whole-body phantoms, 12 mm grid,
+Pairs: twin.corrector_data.phantom_pairs (synthetic whole-body phantoms, 12 mm grid,
 density-kernel dose -> reference dose).  Writes OUT.pt (state_dict, torch.save) and
 OUT.pt.json (config + provenance: seeds, losses).  About 4 s per pair plus training.
 """
 import argparse
 
-from dose.corrector.data import make_pairs
+from twin.corrector_data import phantom_pairs as make_pairs
 from dose.corrector.train import train
 
 

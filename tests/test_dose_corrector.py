@@ -4,8 +4,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dose.corrector import Corrector, load, save
-from dose.corrector.data import make_pairs
+from dose.corrector import Corrector, load
+from twin.corrector_data import phantom_pairs as make_pairs
 from dose.corrector.network import DoseUNet3D
 from dose.corrector.train import train
 from dose.errors import DoseError, GeometryError, InvalidDoseInputError
