@@ -99,6 +99,13 @@ class Outcomes:
         return out
 
 
+def _bucket(n: int) -> int:
+    """Padded size of a group of n schedules: the next power of two, so an optimiser whose
+    candidate count changes from step to step reuses a few compiled shapes (rows beyond n
+    repeat the last schedule and are dropped)."""
+    return 1 << (n - 1).bit_length()
+
+
 def _group(schedules: Sequence[pbpk.Schedule]) -> dict[tuple, list[int]]:
     groups: dict[tuple, list[int]] = {}
     for k, s in enumerate(schedules):
@@ -156,6 +163,7 @@ def outcome_arrays(model: pbpk.Model, parameters: Callable, thetas: np.ndarray,
 
     for indices in _group(scheds).values():
         group = [scheds[k] for k in indices]
+        group += [group[-1]] * (_bucket(len(group)) - len(group))  # padded: fewer compiled shapes
         grids = np.stack([output_grid_h(s) for s in group])
         arrays = batch_arrays(model, group, grids)
         key = (id(model), schedule_structure(group[0]), options)

@@ -136,7 +136,7 @@ def connect(scheduler=None, workers: int | None = None, cache_dir=None) -> Itera
         return
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise TwinError(f"workers = {workers!r}; expected an integer >= 1")
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                       env=worker_environment(cache_dir)) as cluster, Client(cluster) as client:
         yield client
 
