@@ -204,3 +204,14 @@ def test_patients_the_model_cannot_hold_are_recorded_not_fatal(trial_run, tmp_pa
     assert (~by_patient["solver_ok"].any()[patients.loc[bad, "patient_id"]]).all()
     assert by_patient["solver_ok"].all()[patients.loc[~bad, "patient_id"]].all()
     assert out.loc[~out["solver_ok"], "dose_gy"].isna().all()
+
+
+def test_cli_runs_and_resumes_the_same_trial(trial_run, tmp_path, capsys):
+    config, run = trial_run
+    path = tmp_path / "trial.toml"
+    path.write_text(_toml(small_trial()), encoding="utf-8")
+    out = tmp_path / "cli-out"
+    assert main(["trial", str(path), "--output", str(out)]) == 0
+    pd.testing.assert_frame_equal(read_table(out, "outcomes"), run.outcomes())
+    assert main(["trial", str(path), "--output", str(out)]) == 0  # resume: nothing left to do
+    assert "0 chunks computed, 4 already done" in capsys.readouterr().err
