@@ -23,6 +23,12 @@
   one class; at interfaces it uses the source's medium along the whole path.
 * ``"reference"``: slow heterogeneity-aware superposition with range-scaled kernels
   along the straight path (dose.reference).
+* ``"corrected"``: the ``"density"`` dose passed through a trained CNN corrector
+  (`dose.corrector`; give ``corrector=`` a `dose.corrector.Corrector` or the path of
+  weights written by `dose.corrector.save`), D = max(0, D_density + R(D_density, rho)).
+  For an image input the output image records the method and the corrector's weights
+  and training provenance in its metadata (``rpt_twin:dose_method``,
+  ``rpt_twin:corrector``, JSON).
 
 Units: TIA in MBq s (``tia_units="MBq*s"``) or MBq h (``"MBq*h"``, times 3600); kernels
 in mGy/(MBq s); dose in Gy.  Geometry: for numpy input, `voxel_mm` gives the voxel size
@@ -39,6 +45,7 @@ resampled (linear) back to the input grid.
 
 from __future__ import annotations
 
+import json
 from typing import Callable, Sequence
 
 import numpy as np
@@ -50,7 +57,7 @@ from .density import SCHNEIDER_2000_TABLE, TISSUE_CLASSES, hu_to_density, tissue
 from .errors import GeometryError, InvalidDoseInputError
 from .local import local_deposition_dose
 
-METHODS = ("kernel", "local", "density", "multi_kernel", "reference")
+METHODS = ("kernel", "local", "density", "multi_kernel", "reference", "corrected")
 TIA_UNITS_TO_MBQ_S = {"MBq*s": 1.0, "MBq*h": 3600.0}
 MGY_TO_GY = 1e-3
 
@@ -153,7 +160,7 @@ def kernel_dose_gy(tia_mbq_s: np.ndarray, kernel_values: np.ndarray) -> np.ndarr
     return convolve(tia_mbq_s, np.asarray(kernel_values, dtype=np.float32) * np.float32(MGY_TO_GY))
 
 
-def _dose_on_grid(tia, voxel, nuclide, method, density, medium, min_density, rbe, kernel_source):
+def _dose_on_grid(tia, voxel, nuclide, method, density, medium, min_density, rbe, kernel_source, corrector=None):
     if method == "local":
         rho = medium_density_g_cm3(medium) if density is None else np.maximum(density, min_density)
         return local_deposition_dose(tia, voxel, nuclide, rho, rbe=rbe)
@@ -161,9 +168,10 @@ def _dose_on_grid(tia, voxel, nuclide, method, density, medium, min_density, rbe
         return kernel_dose_gy(tia, kernel_source(nuclide, voxel, medium).values)
     if density is None:
         raise InvalidDoseInputError(f"method={method!r} needs a CT (ct_hu) or a density map (density_g_cm3)")
-    if method == "density":
+    if method in ("density", "corrected"):
         kernel = kernel_source(nuclide, voxel, medium)
-        return kernel_dose_gy(tia, kernel.values) * (kernel.density_g_cm3 / np.maximum(density, min_density))
+        dose = kernel_dose_gy(tia, kernel.values) * (kernel.density_g_cm3 / np.maximum(density, min_density))
+        return dose if method == "density" else corrector(np.asarray(dose, np.float64), density)
     if method == "multi_kernel":
         classes = tissue_classes(density)
         dose = np.zeros(tia.shape, dtype=np.float64)
@@ -194,6 +202,7 @@ def absorbed_dose(
     rbe: float = 1.0,
     kernel_voxel_mm=None,
     kernel_source: KernelSource | None = None,
+    corrector=None,
 ):
     """Absorbed dose map (Gy) from a TIA map; see the module docstring for the methods.
 
@@ -206,6 +215,7 @@ def absorbed_dose(
         image's grid (size, spacing, origin, direction); GeometryError otherwise.
     rbe: explicit RBE factor, only for ``method="local"`` (default 1: absorbed dose).
     kernel_source: (nuclide, voxel_mm, medium) -> kernel; default dose.kernels.voxel_kernel.
+    corrector: for ``method="corrected"`` only: a `dose.corrector.Corrector` or a weights path.
     Returns a float array (same shape) or, for an image input, a SimpleITK image on the
     same grid.
     """
@@ -216,6 +226,13 @@ def absorbed_dose(
         raise InvalidDoseInputError(f"tia_units: expected one of {tuple(TIA_UNITS_TO_MBQ_S)}, got {tia_units!r}")
     if rbe != 1.0 and method != "local":
         raise InvalidDoseInputError("rbe: an RBE factor applies to method='local' only (absorbed dose otherwise)")
+    if (corrector is None) == (method == "corrected"):
+        raise InvalidDoseInputError("corrector: method='corrected' needs corrector= (a dose.corrector.Corrector or "
+                                    "a weights path written by dose.corrector.save); other methods take none")
+    if method == "corrected" and not callable(corrector):
+        from .corrector import load as load_corrector
+
+        corrector = load_corrector(str(corrector))
 
     image = tia if isinstance(tia, sitk.Image) else None
     if image is not None:
@@ -246,15 +263,20 @@ def absorbed_dose(
             dimg = sitk.GetImageFromArray(density)
             dimg.SetSpacing(tuple(voxel[::-1]))
             work_density = np.maximum(_resample(dimg, work_voxel), 0.0)
-        work = _dose_on_grid(work_tia, work_voxel, nuclide, method, work_density, medium, min_density_g_cm3, rbe, source)
+        work = _dose_on_grid(work_tia, work_voxel, nuclide, method, work_density, medium, min_density_g_cm3, rbe, source,
+                             corrector)
         dose = _back_to_grid(np.asarray(work), work_voxel, tia_mbq_s.shape, voxel)
     else:
-        dose = np.asarray(_dose_on_grid(tia_mbq_s, voxel, nuclide, method, density, medium, min_density_g_cm3, rbe, source))
+        dose = np.asarray(_dose_on_grid(tia_mbq_s, voxel, nuclide, method, density, medium, min_density_g_cm3, rbe, source,
+                                        corrector))
 
     if image is None:
         return dose
     out = sitk.GetImageFromArray(dose.astype(np.float32))
     out.CopyInformation(image)
+    out.SetMetaData("rpt_twin:dose_method", method)
+    if method == "corrected":
+        out.SetMetaData("rpt_twin:corrector", json.dumps(getattr(corrector, "provenance", {}), sort_keys=True))
     return out
 
 

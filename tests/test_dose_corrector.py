@@ -114,3 +114,36 @@ def test_bad_inputs_raise_specific_errors(tmp_path):
         load(str(tmp_path / "missing.pt"))
     with pytest.raises(InvalidDoseInputError):
         train([], epochs=1)
+
+
+def test_absorbed_dose_corrected_method_records_its_weights(trained):
+    """method="corrected" = the corrector applied to the density-scaled kernel dose; an
+    image output records the method and the weights' provenance in its metadata."""
+    import json
+
+    import SimpleITK as sitk
+
+    import dose
+
+    pairs, _, _, path = trained
+    p = pairs[0]
+    vox = (12.0, 12.0, 12.0)  # twin.corrector_data.SMALL_VOXEL_MM
+    c = load(path, device="cpu", patch=32, overlap=8)
+    density = dose.absorbed_dose(p["tia_mbq_s"], vox, "Lu-177", method="density", density_g_cm3=p["density_g_cm3"])
+    corrected = dose.absorbed_dose(p["tia_mbq_s"], vox, "Lu-177", method="corrected",
+                                   density_g_cm3=p["density_g_cm3"], corrector=c)
+    np.testing.assert_allclose(corrected, c(density, p["density_g_cm3"]), rtol=1e-6, atol=1e-9)
+    assert not np.allclose(corrected, density)
+    image = sitk.GetImageFromArray(p["tia_mbq_s"])
+    image.SetSpacing(vox)
+    rho = sitk.GetImageFromArray(p["density_g_cm3"])
+    rho.CopyInformation(image)
+    out = dose.absorbed_dose(image, None, "Lu-177", method="corrected", density_g_cm3=p["density_g_cm3"],
+                             corrector=path)  # a weights path is loaded
+    assert out.GetMetaData("rpt_twin:dose_method") == "corrected"
+    record = json.loads(out.GetMetaData("rpt_twin:corrector"))
+    assert record["weights"].endswith("corrector.pt") and record["config"]["base"] == 8
+    with pytest.raises(InvalidDoseInputError, match="corrector"):
+        dose.absorbed_dose(p["tia_mbq_s"], vox, "Lu-177", method="corrected", density_g_cm3=p["density_g_cm3"])
+    with pytest.raises(InvalidDoseInputError, match="corrector"):
+        dose.absorbed_dose(p["tia_mbq_s"], vox, "Lu-177", method="kernel", corrector=c)

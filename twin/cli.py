@@ -250,13 +250,15 @@ def cmd_predict(args) -> int:
 
 
 def cmd_dose(args) -> int:
+    if (args.method == "corrected") != (args.corrector is not None):
+        raise ConfigError("--method corrected and --corrector WEIGHTS go together (a trained dose.corrector)")
     out = check_output(args.output, args.force)
     config = load_config(args.config)
     progress = Progress(3)
     with progress.step(f"loading twin {args.twin}"):
         twin = _load_twin(args.twin)
     with progress.step(f"dose map ({args.method or twin.dose_method})"):
-        image = twin.dose_map(config.therapy, method=args.method, max_draws=args.max_draws)
+        image = twin.dose_map(config.therapy, method=args.method, max_draws=args.max_draws, corrector=args.corrector)
     with progress.step(f"writing {out}"):
         write_image(image, out)
     return 0
@@ -393,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "dose":
             p.add_argument("--method", choices=dose.absorbed.METHODS, default=None,
                            help="dose method (default: the twin's)")
+            p.add_argument("--corrector", default=None,
+                           help="weights of a trained dose corrector (dose.corrector.save), for --method corrected")
         p.set_defaults(func={"predict": cmd_predict, "dose": cmd_dose, "report": cmd_report}[name])
     cli_cohort.add_parsers(sub, _positive_int)
     return parser

@@ -50,6 +50,8 @@ from .maps import NOT_PLACED, DoseOperator, Placement, dose_operator, place_regi
 from .outcomes import Outcomes, schedule_nuclide, simulate_outcomes
 
 DEFAULT_MAX_DRAWS = 100
+#: dose methods of the region dose operator (linear in the TIA map): all but "corrected"
+OPERATOR_METHODS = tuple(m for m in dose.absorbed.METHODS if m != "corrected")
 
 
 def default_free(model: pbpk.Model, table: pd.DataFrame) -> tuple[str, ...]:
@@ -111,8 +113,10 @@ class PatientTwin:
         if self.free is None:
             self.free = default_free(model, self.table)
         self._radiobiology = dict(radiobiology) if radiobiology is not None else None
-        if dose_method not in dose.absorbed.METHODS:
-            raise TwinError(f"dose_method: {dose_method!r}; expected one of {dose.absorbed.METHODS}")
+        if dose_method not in OPERATOR_METHODS:
+            raise TwinError(f"dose_method: {dose_method!r}; expected one of {OPERATOR_METHODS} (region doses come "
+                            "from one convolution per source region, so the method must be linear in the TIA map; "
+                            "the CNN-corrected dose is for voxel maps: dose_map(..., method='corrected', corrector=...))")
         self.dose_method = dose_method
         self.posterior: calibration.Posterior | None = None
         self._models: dict[tuple[str, ...], pbpk.Model] = {}
@@ -360,20 +364,23 @@ class PatientTwin:
         image.CopyInformation(self.labels)
         return image
 
-    def dose_map(self, schedule, method: str | None = None, **kwargs) -> sitk.Image:
+    def dose_map(self, schedule, method: str | None = None, *, corrector=None, **kwargs) -> sitk.Image:
         """Voxel absorbed dose (Gy, float32) of `schedule` from `tia_map` with
-        `dose.absorbed_dose` (`method`: the twin's dose_method by default)."""
+        `dose.absorbed_dose` (`method`: the twin's dose_method by default; "corrected"
+        needs `corrector`, a `dose.corrector.Corrector` or a weights path, and the CT)."""
         method = method or self.dose_method
         tia = self.tia_map(schedule, **kwargs)
         ct = None
-        if self.ct is not None and method in ("density", "reference"):
+        if self.ct is not None and method in ("density", "multi_kernel", "reference", "corrected"):
             ct = imaging.resample_to(self.ct, self.labels)
             ct = ct.image if isinstance(ct, imaging.Scan) else ct
         out = dose.absorbed_dose(tia, None, schedule_nuclide(pbpk.schedule.as_schedule(schedule)), method=method,
-                                 ct_hu=ct, tia_units="MBq*h")
+                                 ct_hu=ct, tia_units="MBq*h", corrector=corrector)
         values = sitk.GetArrayFromImage(out)
         if values.min() < -1e-5 * max(values.max(), 0.0):
             raise TwinError(f"dose map: negative dose {values.min()} Gy beyond FFT round-off")
         clipped = sitk.GetImageFromArray(np.maximum(values, 0.0))  # float32 FFT round-off (~1e-7 of the maximum)
         clipped.CopyInformation(out)
+        for key in out.GetMetaDataKeys():  # method and corrector provenance (dose.absorbed_dose)
+            clipped.SetMetaData(key, out.GetMetaData(key))
         return clipped

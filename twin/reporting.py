@@ -51,6 +51,7 @@ DOSE_METHODS = {
                "2013;54:236)",
     "multi_kernel": "one voxel S-value kernel per CT tissue class (dose.density, Schneider 2000 classes)",
     "reference": "heterogeneity-aware superposition with range-scaled kernels (dose.reference)",
+    "corrected": "density-scaled kernel dose corrected by a trained 3D CNN (dose.corrector)",
 }
 
 

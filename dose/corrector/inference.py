@@ -15,7 +15,6 @@ import tempfile
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import GeometryError, InvalidDoseInputError
 from .network import DoseUNet3D
@@ -56,12 +55,14 @@ def _starts(n: int, patch: int, step: int) -> list[int]:
 class Corrector:
     """Trained corrector: `Corrector(model)(dose_gy, density_g_cm3)` -> corrected dose (Gy)."""
 
-    def __init__(self, model: DoseUNet3D, device=None, patch: int = 64, overlap: int = 16):
+    def __init__(self, model: DoseUNet3D, device=None, patch: int = 64, overlap: int = 16,
+                 provenance: dict | None = None):
         if patch % 4 or patch < 8 or not 0 <= overlap < patch:
             raise InvalidDoseInputError(f"patch/overlap: expected patch a multiple of 4 >= 8 and 0 <= overlap < patch, got {patch}/{overlap}")
         self.device = _device(device)
         self.model = model.to(self.device).eval()
         self.patch, self.overlap = patch, overlap
+        self.provenance = dict(provenance or {})  # weights file and training record (`load`)
 
     def __call__(self, dose_gy, density_g_cm3) -> np.ndarray:
         d, r = check_inputs(dose_gy, density_g_cm3)
@@ -124,4 +125,6 @@ def load(path: str, device=None, **kwargs) -> Corrector:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise InvalidDoseInputError(f"{path}: weights do not match the network config {config} ({e})") from e
-    return Corrector(model, device=device, **kwargs)
+    provenance = {"weights": os.path.abspath(path), "format": meta.get("format"), "config": config,
+                  "training": meta.get("provenance", {})}
+    return Corrector(model, device=device, provenance=provenance, **kwargs)
