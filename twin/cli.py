@@ -6,6 +6,7 @@
     twin dose    TWIN_DIR --config CFG.toml --output dose.nii.gz [--method kernel|...] [--max-draws N] [--force]
     twin report  TWIN_DIR --config CFG.toml --output report.html [--max-draws N] [--force]
     twin trial   CONFIG.toml --output DIR [--scheduler ADDRESS | --workers N] [--force]   (twin.cli_cohort)
+    twin calibrate-cohort STUDY_DIR --output DIR [--method M] [--scheduler ADDRESS | --workers N] [--force]
 
 `twin demo` writes a synthetic PET + two-SPECT study (twin.synthetic) and its calibrated
 twin into DIR: study/, twin/, results.csv (TIA, dose and BED of `demo_schedules`, the first
