@@ -200,11 +200,8 @@ def read_cohort_table(folder, name: str) -> pd.DataFrame:
     patient_id (and parameter)."""
     if name not in TABLES:
         raise TwinError(f"table {name!r}; expected one of {TABLES}")
-    path = Path(folder) / name
-    if not path.is_dir():
-        raise TwinError(f"{path}: no cohort table here; run calibrate_cohort first")
     keys = ["patient_id"] if name == "status" else ["patient_id", "parameter"]
-    return pd.read_parquet(path).sort_values(keys, kind="stable").reset_index(drop=True)
+    return runner.read_parts(folder, name, keys, "cohort")
 
 
 @dataclass(frozen=True)

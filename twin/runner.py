@@ -98,6 +98,15 @@ def prepare_folder(folder, manifest_name: str, manifest: Mapping, *, force: bool
     return folder
 
 
+def read_parts(folder, table: str, sort_by: Sequence[str], run: str = "run") -> pd.DataFrame:
+    """One table of a run (`folder/table`, a Parquet dataset of parts) as one DataFrame
+    sorted by `sort_by` (TwinError naming the path when the run has not written it)."""
+    path = Path(folder) / table
+    if not path.is_dir():
+        raise TwinError(f"{path}: no {run} table here; run the {run} first")
+    return pd.read_parquet(path).sort_values(list(sort_by), kind="stable").reset_index(drop=True)
+
+
 def default_cache_dir() -> Path:
     """Where workers share compiled XLA programs: $JAX_COMPILATION_CACHE_DIR, else a folder
     in the system temporary directory."""

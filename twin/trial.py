@@ -47,6 +47,7 @@ datasets in parts (`twin.runner`), then ``summary.csv``, ``exceedance.csv`` and 
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -226,11 +227,18 @@ def _evaluator(tracers: tuple[str, ...], n_lesions: int, names: tuple[str, ...],
                       jax.jit(jax.vmap(volumes_ml)), np.array([reference_ml[r] for r in dose_regions]), {})
 
 
+@functools.lru_cache(maxsize=4)
+def _parsed(config_json: str) -> TrialConfig:
+    """The config of `trial_chunk`, validated once per process (validation builds a model
+    when the config names regions), not once per chunk."""
+    return TrialConfig.from_dict(json.loads(config_json))
+
+
 def trial_chunk(config: Mapping, chunk: int) -> dict[str, pd.DataFrame]:
     """The `patients` and `outcomes` tables of chunk `chunk` of the trial `config` (a
     `TrialConfig.to_dict()`; plain data, so it travels to Dask workers).  Patients of one
     lesion count are solved together, padded to `chunk_size` rows (one compiled shape)."""
-    cfg = TrialConfig.from_dict(config)
+    cfg = _parsed(json.dumps(config, sort_keys=True))
     first = chunk * cfg.chunk_size
     ids = np.arange(first, min(first + cfg.chunk_size, cfg.n_patients))
     patients = cfg.population.sample(cfg.seed, ids)
@@ -306,11 +314,8 @@ class TrialRun:
 
 def read_table(folder, name: str) -> pd.DataFrame:
     """A trial table (`patients` or `outcomes`) from its Parquet parts, sorted by patient."""
-    path = Path(folder) / name
-    if not path.is_dir():
-        raise TwinError(f"{path}: no trial table here; run the trial first")
     keys = ["patient_id", "schedule", "region"] if name == "outcomes" else ["patient_id"]
-    return pd.read_parquet(path).sort_values(keys, kind="stable").reset_index(drop=True)
+    return runner.read_parts(folder, name, keys, "trial")
 
 
 def run_trial(config: TrialConfig, folder, *, client=None, force: bool = False,
