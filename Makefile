@@ -18,7 +18,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/twin demo --quick --output twin-demo-output --force
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_simulate.py

@@ -135,17 +135,21 @@ def predicted_activity(problem: Problem, theta):
     return jnp.where(ok, jnp.maximum(pred, ACTIVITY_FLOOR_MBQ), 1.0), ok
 
 
-def numpyro_model(problem: Problem):
+def numpyro_model(problem: Problem, predicted=None):
     """The NumPyro model (see module docstring).  Sites: ``z`` (standard-normal free
     parameters), ``error_scale`` (used groups only), deterministic ``theta`` and
-    ``solver_ok``, observed ``log_activity`` and a censoring factor."""
+    ``solver_ok``, observed ``log_activity`` and a censoring factor.
+
+    predicted: optional ``(activity_mbq, solver_ok)`` already computed for this ``z`` by
+    `predicted_activity` (the fit's chain-rule gradient supplies them; the ODE is then
+    not solved here)."""
     o = problem.observations
     z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([len(problem.free)]).to_event(1))
     theta = numpyro.deterministic("theta", problem.theta_from_z(z))
     used = problem.used_error_groups
     medians = jnp.asarray([ERROR_SCALE_MEDIANS[g] for g in used])
     scale = numpyro.sample("error_scale", dist.LogNormal(jnp.log(medians), ERROR_SCALE_PRIOR_SIGMA).to_event(1))
-    pred, ok = predicted_activity(problem, theta)
+    pred, ok = predicted_activity(problem, theta) if predicted is None else predicted
     numpyro.deterministic("solver_ok", ok)
     numpyro.factor("failed_solve_penalty", jnp.where(ok, 0.0, FAILED_SOLVE_LOG_DENSITY))
 

@@ -1,5 +1,15 @@
 """Shared fixtures.  Compilation dominates test time, so tests share models, schedule
-shapes and output-time arrays (a new shape means a new XLA compilation)."""
+shapes and output-time arrays (a new shape means a new XLA compilation).
+
+The suite runs on two pytest-xdist workers (`make test`); each worker keeps XLA and
+OpenMP to one thread so the two do not oversubscribe a 2-core machine (set before JAX
+or torch start their thread pools)."""
+
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pytest
