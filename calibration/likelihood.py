@@ -97,7 +97,8 @@ def ligand_segments(model: pbpk.Model, schedule: pbpk.Schedule, observations: Ob
     from pbpk.restrict import restrict_ligands
 
     tracer_ligand = {t.name: t.ligand.name for t in schedule.tracers}
-    row_ligand = np.array([tracer_ligand[t] for t in observations.table["tracer"]])
+    # table rows may name a tracer by any of its aliases (e.g. 177Lu-PSMA-617)
+    row_ligand = np.array([tracer_ligand[pbpk.tracer(t).name] for t in observations.table["tracer"]])
     segments = []
     for ligand in dict.fromkeys(tracer_ligand.values()):
         rows = np.flatnonzero(row_ligand == ligand)

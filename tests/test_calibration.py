@@ -184,3 +184,13 @@ def test_observations_index_the_schedule_clock(toy, table):
     np.testing.assert_allclose(obs.relative_uncertainty, 0.1)
     assert obs.is_lesion.sum() == len(TIMES_H)  # the lesion rows
     assert [toy.region_names[i] for i in obs.region_index[:1]] == ["kidneys"]
+
+
+def test_separate_ligands_accepts_tracer_aliases(toy, table, schedule):
+    """The table names the tracer by an alias (177Lu-PSMA-617, the schedule's tracer is
+    Lu-177-PSMA-617): ligand segments still take every row, at its own time."""
+    assert set(table["tracer"]) == {"177Lu-PSMA-617"} and TRACER != "177Lu-PSMA-617"
+    problem = make_problem(toy, table, schedule, free=FREE, separate_ligands=True)
+    (segment,) = problem.segments
+    np.testing.assert_array_equal(segment.rows, np.arange(len(table)))
+    np.testing.assert_allclose(segment.times_h[segment.time_index], table["time_h"].to_numpy())
