@@ -171,7 +171,8 @@ def _dose_on_grid(tia, voxel, nuclide, method, density, medium, min_density, rbe
     if method in ("density", "corrected"):
         kernel = kernel_source(nuclide, voxel, medium)
         dose = kernel_dose_gy(tia, kernel.values) * (kernel.density_g_cm3 / np.maximum(density, min_density))
-        return dose if method == "density" else corrector(np.asarray(dose, np.float64), density)
+        return dose if method == "density" else corrector(np.asarray(dose, np.float64), density, voxel_mm=voxel,
+                                                              nuclide=nuclide)
     if method == "multi_kernel":
         classes = tissue_classes(density)
         dose = np.zeros(tia.shape, dtype=np.float64)
@@ -215,7 +216,9 @@ def absorbed_dose(
         image's grid (size, spacing, origin, direction); GeometryError otherwise.
     rbe: explicit RBE factor, only for ``method="local"`` (default 1: absorbed dose).
     kernel_source: (nuclide, voxel_mm, medium) -> kernel; default dose.kernels.voxel_kernel.
-    corrector: for ``method="corrected"`` only: a `dose.corrector.Corrector` or a weights path.
+    corrector: for ``method="corrected"`` only: a `dose.corrector.Corrector`, a weights path, or
+      ``"default"`` for the shipped weights (177Lu, 12 mm voxels; other voxel sizes or
+      nuclides raise a specific error).
     Returns a float array (same shape) or, for an image input, a SimpleITK image on the
     same grid.
     """
@@ -232,7 +235,7 @@ def absorbed_dose(
     if method == "corrected" and not callable(corrector):
         from .corrector import load as load_corrector
 
-        corrector = load_corrector(str(corrector))
+        corrector = load_corrector(None if corrector == "default" else str(corrector))
 
     image = tia if isinstance(tia, sitk.Image) else None
     if image is not None:

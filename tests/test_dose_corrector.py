@@ -4,6 +4,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import dose
 from dose.corrector import Corrector, load
 from twin.corrector_data import phantom_pairs as make_pairs
 from dose.corrector.network import DoseUNet3D
@@ -73,14 +74,23 @@ def test_sliding_window_matches_single_patch_where_windows_do_not_matter():
 def trained(tmp_path_factory):
     pairs = make_pairs([1, 2, 3])
     path = str(tmp_path_factory.mktemp("w") / "corrector.pt")
-    model, hist = train(pairs, epochs=4, lr=1e-3, seed=0, base=8, checkpoint=path)
+    model, hist = train(pairs, epochs=2, lr=1e-3, seed=0, base=8, checkpoint=path)
     return pairs, model, hist, path
 
 
-def test_training_beats_uncorrected_physics_dose_on_validation(trained):
-    _, _, hist, _ = trained
-    assert hist["best_val"] < hist["baseline_val"]
-    assert len(hist["val"]) >= 1 and np.isfinite(hist["val"]).all()
+def test_training_restores_the_best_validation_weights(trained):
+    """A 2-epoch run is too short to beat the physics dose (the shipped weights' test does
+    that); here: the returned model is the best-validation epoch, its loss recomputed."""
+    from dose.corrector.train import _loss, _tensors
+
+    pairs, model, hist, _ = trained
+    assert len(hist["val"]) == 2 and np.isfinite(hist["val"]).all()
+    assert hist["best_val"] == min(hist["val"])
+    by_seed = {p["seed"]: p for p in pairs}
+    with torch.no_grad():
+        losses = [_loss(model(d, r, s), ref, m, s).item()
+                  for d, r, ref, m, s in (_tensors(by_seed[k]) for k in hist["val_seeds"])]
+    assert np.mean(losses) == pytest.approx(hist["best_val"], rel=1e-5)
 
 
 def test_save_load_round_trip_identical(trained, monkeypatch):
@@ -147,3 +157,124 @@ def test_absorbed_dose_corrected_method_records_its_weights(trained):
         dose.absorbed_dose(p["tia_mbq_s"], vox, "Lu-177", method="corrected", density_g_cm3=p["density_g_cm3"])
     with pytest.raises(InvalidDoseInputError, match="corrector"):
         dose.absorbed_dose(p["tia_mbq_s"], vox, "Lu-177", method="kernel", corrector=c)
+
+
+# ---------------------------------------------------------------- shipped weights (issue 8)
+def _load_example(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from dose.corrector import default_weights
+
+    if not default_weights().is_file():
+        pytest.fail("shipped weights missing: run examples/train_dose_corrector.py")
+    return load(None, device="cpu")
+
+
+def test_shipped_weights_load_safely_and_record_what_they_were_trained_for(monkeypatch):
+    from dose.corrector import DEFAULT_WEIGHTS
+
+    seen = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (seen.append(k.get("weights_only")), real(*a, **k))[1])
+    c = load(device="cpu")
+    assert seen == [True]
+    assert c.provenance["weights"] == str(DEFAULT_WEIGHTS)
+    assert c.trained_nuclide == "Lu-177" and c.trained_voxel_mm == (12.0, 12.0, 12.0)
+    training = c.provenance["training"]
+    held_out = set(training["held_out_seeds"])
+    assert held_out and not held_out & set(training["train_seeds"] + training["val_seeds"])
+    assert training["best_val"] < training["baseline_val"]
+    assert DEFAULT_WEIGHTS.stat().st_size < 4e6  # "a few MB at most"
+
+
+def test_shipped_corrector_beats_density_kernel_in_lung_on_a_held_out_phantom(shipped):
+    """Held-out seed 1001 (training uses seeds 1..N < 1001): the corrector's voxel MAE
+    against the reference dose in lung is below that of the density-scaled kernel dose."""
+    from dose.corrector.evaluate import class_mae_gy, class_masks
+    from twin.corrector_data import phantom_pair
+
+    p = phantom_pair(1001)
+    assert 1001 not in shipped.provenance["training"]["train_seeds"]
+    corr = shipped(p["physics_gy"], p["density_g_cm3"], voxel_mm=p["voxel_mm"], nuclide=p["nuclide"])
+    masks = class_masks(p["density_g_cm3"], p["body"])
+    assert masks["lung"].sum() > 500
+    k = class_mae_gy(p["physics_gy"], p["reference_gy"], masks)
+    c = class_mae_gy(corr, p["reference_gy"], masks)
+    assert c["lung"] < 0.9 * k["lung"]
+
+
+def test_shipped_corrector_zero_activity_gives_zero_dose(shipped):
+    import dose
+
+    _, rho = _inputs((16, 16, 16))
+    out = dose.absorbed_dose(np.zeros(rho.shape), (12.0,) * 3, "Lu-177", method="corrected", density_g_cm3=rho,
+                             corrector=shipped)
+    assert np.array_equal(out, np.zeros(rho.shape))
+
+
+def test_shipped_corrector_rejects_other_voxel_sizes_and_nuclides(shipped):
+    dose_gy, rho = _inputs((16, 16, 16))
+    with pytest.raises(GeometryError, match="12.0"):
+        shipped(dose_gy, rho, voxel_mm=(4.0, 4.0, 4.0))
+    with pytest.raises(GeometryError, match="voxel_mm"):
+        shipped(dose_gy, rho, voxel_mm=12.5)
+    with pytest.raises(InvalidDoseInputError, match="I-131"):
+        shipped(dose_gy, rho, voxel_mm=12.0, nuclide="I-131")
+    ok = shipped(dose_gy, rho, voxel_mm=(12.0, 12.0, 12.0), nuclide="Lu-177")
+    assert ok.shape == dose_gy.shape and np.all(np.isfinite(ok))
+
+
+def test_absorbed_dose_with_the_default_corrector_checks_the_voxel_size():
+    """corrector="default" loads the shipped weights; absorbed_dose hands them its voxel
+    size, so a 4 mm grid is refused rather than silently mis-corrected."""
+    tia = np.zeros((16, 16, 16))
+    tia[8, 8, 8] = 1e6  # MBq s
+    rho = np.ones(tia.shape)
+    with pytest.raises(GeometryError, match="12.0"):
+        dose.absorbed_dose(tia, (4.0,) * 3, "Lu-177", method="corrected", density_g_cm3=rho, corrector="default")
+    out = dose.absorbed_dose(tia, (12.0,) * 3, "Lu-177", method="corrected", density_g_cm3=rho, corrector="default")
+    ref = dose.absorbed_dose(tia, (12.0,) * 3, "Lu-177", method="density", density_g_cm3=rho)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-9 * float(np.max(ref)))  # water: no correction
+
+
+def test_class_masks_follow_their_definitions():
+    from dose.corrector.evaluate import class_masks
+
+    rho = np.full((12, 12, 12), 1.04)
+    rho[:, :, :4] = 0.26   # lung slab
+    rho[:, :, 8] = 1.6     # bone plane
+    body = np.ones(rho.shape, bool)
+    m = class_masks(rho, body, interface_voxels=2, homogeneous_voxels=1)
+    assert m["lung"][:, :, :4].all() and not m["lung"][:, :, 4:].any()
+    # bone plane x=8 and soft tissue at x = 6, 7, 9, 10 (within 2 voxels)
+    assert np.array_equal(np.unique(np.nonzero(m["bone_interface"])[2]), [6, 7, 8, 9, 10])
+    # soft tissue > 1 voxel from lung (x<4), bone (x=8) and the grid edge (outside = not soft)
+    assert np.array_equal(np.unique(np.nonzero(m["soft_tissue"])[2]), [5, 6, 10])
+    assert not m["soft_tissue"][0].any() and not m["soft_tissue"][-1].any()
+
+
+def test_training_script_runs_end_to_end(tmp_path):
+    """The script that produces the shipped weights, on 3 pairs for 1 epoch."""
+    import json
+
+    mod = _load_example("train_dose_corrector")
+    out = tmp_path / "w.pt"
+    hist = mod.train_weights(str(out), n_pairs=3, epochs=1, crop=16, progress=False, command="test")
+    meta = json.loads((tmp_path / "w.pt.json").read_text())["provenance"]
+    assert meta["nuclide"] == "Lu-177" and meta["voxel_mm"] == [12.0, 12.0, 12.0] and meta["epochs"] == 1
+    assert sorted(meta["train_seeds"] + meta["val_seeds"]) == [1, 2, 3] and meta["command"] == "test"
+    assert len(hist["val"]) == 1 and np.isfinite(hist["val"][0])
+    c = load(str(out))
+    assert c.trained_voxel_mm == (12.0, 12.0, 12.0)
+    with pytest.raises(ValueError, match="held-out"):
+        mod.train_weights(str(out), n_pairs=1001)

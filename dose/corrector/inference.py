@@ -12,12 +12,25 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import GeometryError, InvalidDoseInputError
 from .network import DoseUNet3D
+
+#: the shipped weights, written by examples/train_dose_corrector.py (177Lu, 12 mm voxels)
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "lu177_12mm.pt"
+VOXEL_RTOL = 1e-3  # relative tolerance on the voxel size the weights were trained for
+
+
+def default_weights() -> Path:
+    """Path of the shipped weights (`DEFAULT_WEIGHTS`); InvalidDoseInputError if absent."""
+    if not DEFAULT_WEIGHTS.is_file():
+        raise InvalidDoseInputError(f"{DEFAULT_WEIGHTS}: the shipped dose corrector weights are missing; "
+                                    "regenerate them with examples/train_dose_corrector.py")
+    return DEFAULT_WEIGHTS
 
 
 def _device(device):
@@ -53,7 +66,14 @@ def _starts(n: int, patch: int, step: int) -> list[int]:
 
 
 class Corrector:
-    """Trained corrector: `Corrector(model)(dose_gy, density_g_cm3)` -> corrected dose (Gy)."""
+    """Trained corrector: `Corrector(model)(dose_gy, density_g_cm3)` -> corrected dose (Gy).
+
+    The network is specific to the voxel size and nuclide it was trained for (its
+    kernels learn the dose carried across a fixed number of voxels).  When the weights'
+    provenance records them (`load` of weights written by examples/train_dose_corrector.py:
+    ``training.voxel_mm``, ``training.nuclide``), a call with `voxel_mm` / `nuclide`
+    checks them: GeometryError for another voxel size, InvalidDoseInputError for
+    another nuclide."""
 
     def __init__(self, model: DoseUNet3D, device=None, patch: int = 64, overlap: int = 16,
                  provenance: dict | None = None):
@@ -64,7 +84,39 @@ class Corrector:
         self.patch, self.overlap = patch, overlap
         self.provenance = dict(provenance or {})  # weights file and training record (`load`)
 
-    def __call__(self, dose_gy, density_g_cm3) -> np.ndarray:
+    @property
+    def trained_voxel_mm(self) -> tuple[float, float, float] | None:
+        v = self.provenance.get("training", {}).get("voxel_mm")
+        if v is None:
+            return None
+        return (float(v),) * 3 if np.ndim(v) == 0 else tuple(float(x) for x in v)
+
+    @property
+    def trained_nuclide(self) -> str | None:
+        return self.provenance.get("training", {}).get("nuclide")
+
+    def check_compatible(self, voxel_mm=None, nuclide: str | None = None) -> None:
+        """GeometryError if `voxel_mm` ((z, y, x) or one size, mm) differs from the voxel
+        size the weights were trained for (relative tolerance VOXEL_RTOL);
+        InvalidDoseInputError if `nuclide` differs from the trained nuclide.  Checks only
+        what both the call and the provenance give."""
+        tv = self.trained_voxel_mm
+        if voxel_mm is not None and tv is not None:
+            v = (float(voxel_mm),) * 3 if np.ndim(voxel_mm) == 0 else tuple(float(x) for x in voxel_mm)
+            if len(v) != 3 or not np.allclose(v, tv, rtol=VOXEL_RTOL, atol=0):
+                raise GeometryError(f"voxel_mm: the corrector weights {self.provenance.get('weights', '')} were "
+                                    f"trained for {tv} mm voxels, got {v}; resample (absorbed_dose "
+                                    f"kernel_voxel_mm={tv}) or train weights for this voxel size")
+        tn = self.trained_nuclide
+        if nuclide is not None and tn is not None and nuclide != tn:
+            raise InvalidDoseInputError(f"nuclide: the corrector weights {self.provenance.get('weights', '')} were "
+                                        f"trained for {tn}, got {nuclide!r}")
+
+    def __call__(self, dose_gy, density_g_cm3, *, voxel_mm=None, nuclide: str | None = None) -> np.ndarray:
+        """Corrected dose (Gy) of the physics dose `dose_gy` (Gy, (z, y, x)) on the density
+        map `density_g_cm3`; `voxel_mm` and `nuclide` (optional) are checked against the
+        weights' training record (`check_compatible`)."""
+        self.check_compatible(voxel_mm, nuclide)
         d, r = check_inputs(dose_gy, density_g_cm3)
         scale = float(d.max()) if d.size else 0.0
         if scale == 0.0:
@@ -110,20 +162,22 @@ def save(model: DoseUNet3D, path: str, provenance: dict | None = None) -> None:
     os.replace(tmp, path + ".json")
 
 
-def load(path: str, device=None, **kwargs) -> Corrector:
-    """Load weights saved by `save` (torch.load(weights_only=True)); InvalidDoseInputError
-    when the file or its JSON provenance is missing or malformed."""
+def load(path: str | os.PathLike | None = None, device=None, **kwargs) -> Corrector:
+    """Load weights saved by `save` (torch.load(weights_only=True)); path None = the
+    shipped weights (`default_weights()`).  InvalidDoseInputError when the file or its
+    JSON provenance is missing or malformed."""
+    path = str(default_weights() if path is None else path)
     try:
         with open(path + ".json") as f:
             meta = json.load(f)
         config = meta["config"]
         state = torch.load(path, weights_only=True, map_location="cpu")
-    except (OSError, KeyError, ValueError, RuntimeError) as e:
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError, EOFError) as e:
         raise InvalidDoseInputError(f"{path}: cannot load dose corrector weights ({e})") from e
-    model = DoseUNet3D(**config)
     try:
+        model = DoseUNet3D(**config)
         model.load_state_dict(state)
-    except RuntimeError as e:
+    except (TypeError, RuntimeError) as e:
         raise InvalidDoseInputError(f"{path}: weights do not match the network config {config} ({e})") from e
     provenance = {"weights": os.path.abspath(path), "format": meta.get("format"), "config": config,
                   "training": meta.get("provenance", {})}

@@ -1,24 +1,33 @@
 """Compact residual 3D U-Net with built-in physics constraints.
 
 Inputs: physics dose D (Gy) and mass density rho (g/cm^3) on the same grid.
-    s = max(D)                                  (dose scale, Gy)
-    x = [D / s, rho - rho_ref]                  (network channels)
-    r = UNet(x)                                 (dimensionless residual)
-    g = min(1, maxpool_k(|rho - rho_ref|) / 0.05)  (heterogeneity gate)
-    D_corr = s * (D / s + g * r) = D + s * g * r
+    s = max(D)                                            (dose scale, Gy)
+    x = [D / s, 1 + log(D / s + eps) / log(1 / eps), rho - rho_ref]   (channels, eps = 1e-4)
+    (m, a) = UNet(x)                                      (two dimensionless outputs)
+    g = min(1, maxpool_k(|rho - rho_ref|) / 0.05)         (heterogeneity gate)
+    D_corr = D (1 + g c_m m) + s g c_a a
+The multiplicative term carries the local (self-dose) part of the correction, which is
+a density-dependent factor on D; the additive term, in units of the dose scale, the
+dose carried across interfaces (e.g. from a hot organ into a neighbouring cold lung).
+The log channel gives the net the dose shape over the whole dynamic range (hot organs
+next to cold tissue) in a scale-free form.
 Constraints, exact by construction:
   * D == 0 everywhere  ->  s = 0  ->  D_corr = 0;
-  * D_corr(a * D) = a * D_corr(D) for a > 0 (x is scale-free, output multiplied by s);
+  * D_corr(a * D) = a * D_corr(D) for a > 0 (x is scale-free, outputs multiplied by D, s);
   * homogeneous medium rho == rho_ref  ->  g = 0  ->  D_corr = D (residual exactly 0).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 GATE_WIDTH_G_CM3 = 0.05  # density deviation at which the gate fully opens (design choice)
-RESIDUAL_SCALE = 1e-2  # residuals are small fractions of max dose; keeps early updates gentle
+RESIDUAL_SCALE = 1e-2  # c_a: additive residuals are small fractions of max dose; keeps early updates gentle
+FACTOR_SCALE = 1e-1  # c_m: multiplicative corrections are tens of per cent at most
+LOG_EPS = 1e-4  # floor of the log-dose channel (dose below 1e-4 of the maximum looks like 0)
 
 
 class ResBlock(nn.Module):
@@ -41,12 +50,12 @@ class DoseUNet3D(nn.Module):
         self.rho_ref = rho_ref_g_cm3
         self.gate_voxels = gate_voxels
         b = base
-        self.e1 = ResBlock(2, b)
+        self.e1 = ResBlock(3, b)
         self.e2 = ResBlock(b, 2 * b)
         self.e3 = ResBlock(2 * b, 4 * b)
         self.d2 = ResBlock(4 * b + 2 * b, 2 * b)
         self.d1 = ResBlock(2 * b + b, b)
-        self.out = nn.Conv3d(b, 1, 1)
+        self.out = nn.Conv3d(b, 2, 1)  # (m, a)
         nn.init.zeros_(self.out.weight)  # start as the identity correction (residual 0)
         nn.init.zeros_(self.out.bias)
 
@@ -63,7 +72,10 @@ class DoseUNet3D(nn.Module):
         where the dose is non-zero.  Returns the corrected dose (Gy), same shape."""
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         dev = density - self.rho_ref
-        x = torch.cat([dose / safe, dev], 1)
+        rel = dose / safe
+        logd = 1.0 + torch.log(rel + LOG_EPS) / math.log(1.0 / LOG_EPS)
+        x = torch.cat([rel, logd, dev], 1)
         k = self.gate_voxels
         gate = torch.clamp(F.max_pool3d(dev.abs(), k, stride=1, padding=k // 2) / GATE_WIDTH_G_CM3, max=1.0)
-        return dose + scale * gate * RESIDUAL_SCALE * self.residual(x)
+        r = self.residual(x)
+        return dose * (1.0 + gate * FACTOR_SCALE * r[:, :1]) + scale * gate * RESIDUAL_SCALE * r[:, 1:]

@@ -1,8 +1,13 @@
 """Seeded training with a validation split, early stopping and safe checkpoints.
 
-Loss (dimensionless): L = mean_{v in body} ((D_corr(v) - D_ref(v)) / s)^2, s = max(D_phys),
-so every patient counts equally whatever its activity.  The uncorrected baseline is
-the same loss with D_corr = D_phys (the network starts there: its output layer is zero).
+Loss (dimensionless, mean absolute relative error over the body):
+    L = mean_{v in body} |D_corr(v) - D_ref(v)| / (D_ref(v) + eps s),  s = max(D_phys), eps = 1e-3,
+so every voxel counts by its relative error whatever its dose (cold lung next to a hot
+kidney as much as the kidney) and every patient equally whatever its activity; eps s
+keeps voxels far from all activity from dominating.  The uncorrected baseline is the
+same loss with D_corr = D_phys (the network starts there: its output layer is zero).
+Adam with a cosine-decaying learning rate and gradient-norm clipping.  Training steps see random crops (`crop` voxels a side, multiples of 4) of each pair,
+validation the whole volumes.
 """
 from __future__ import annotations
 
@@ -27,17 +32,38 @@ def _tensors(pair):
     return t(d), t(r), t(ref), torch.as_tensor(mask)[None, None], torch.full((1, 1, 1, 1, 1), s)
 
 
+REL_EPS = 1e-3  # eps of the loss (fraction of the maximum dose), a design choice
+GRAD_CLIP = 1.0  # global gradient-norm clip (design choice: the relative loss has heavy-tailed gradients)
+
+
 def _loss(pred, ref, mask, s):
-    e = ((pred - ref) / s)[mask]
-    return (e ** 2).mean()
+    e = ((pred - ref).abs() / (ref + REL_EPS * s))[mask]
+    return e.mean() if e.numel() else (pred.sum() * 0.0)
+
+
+def _crop(items, crop, rng):
+    """A random (crop, crop, crop) window (clipped to the volume) of every tensor in items."""
+    shape = items[0].shape[2:]
+    sl = [slice(None), slice(None)]
+    for n in shape:
+        c = min(crop, n)
+        o = int(rng.integers(0, n - c + 1))
+        sl.append(slice(o, o + c))
+    return [a[tuple(sl)] for a in items]
 
 
 def train(pairs, epochs: int = 30, lr: float = 3e-3, val_fraction: float = 0.34, patience: int = 8,
-          seed: int = 0, base: int = 8, checkpoint: str | None = None):
+          seed: int = 0, base: int = 8, checkpoint: str | None = None, crop: int | None = None,
+          provenance: dict | None = None, progress: bool = False):
     """Train a DoseUNet3D on `pairs` (see data.make_pair).  Returns (model, history)
     where history has per-epoch 'train', 'val' and the constant 'baseline_val'
     (uncorrected physics-dose loss on the validation set).  The best-validation
-    weights are restored (and written to `checkpoint` with inference.save)."""
+    weights are restored (and written to `checkpoint` with inference.save, its JSON
+    provenance extended by `provenance`, e.g. nuclide and voxel size).  crop: edge (voxels,
+    multiple of 4) of the random training windows; None = whole volumes.  progress: print
+    one line per epoch."""
+    if crop is not None and (crop % 4 or crop < 8):
+        raise InvalidDoseInputError(f"crop: expected a multiple of 4 >= 8 voxels, got {crop}")
     if len(pairs) < 2:
         raise InvalidDoseInputError(f"pairs: expected >= 2 training pairs (train + validation), got {len(pairs)}")
     torch.manual_seed(seed)
@@ -48,6 +74,8 @@ def train(pairs, epochs: int = 30, lr: float = 3e-3, val_fraction: float = 0.34,
     val, tr = data[:n_val], data[n_val:]
     model = DoseUNet3D(base=base)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
+    # cosine decay of the learning rate over all steps (lr -> 0.05 lr), a common choice
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * len(tr)), eta_min=0.05 * lr)
 
     def evaluate(items):
         with torch.no_grad():
@@ -61,6 +89,8 @@ def train(pairs, epochs: int = 30, lr: float = 3e-3, val_fraction: float = 0.34,
         tl = []
         for k in rng.permutation(len(tr)):
             d, r, ref, m, s = tr[k]
+            if crop is not None:
+                d, r, ref, m = _crop([d, r, ref, m], crop, rng)
             # random flips (physics is mirror symmetric) as augmentation
             dims = [i + 2 for i in range(3) if rng.random() < 0.5]
             if dims:
@@ -68,7 +98,9 @@ def train(pairs, epochs: int = 30, lr: float = 3e-3, val_fraction: float = 0.34,
             opt.zero_grad()
             loss = _loss(model(d, r, s), ref, m, s)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
             opt.step()
+            sched.step()
             tl.append(loss.item())
         model.eval()
         v = evaluate(val)
@@ -81,10 +113,17 @@ def train(pairs, epochs: int = 30, lr: float = 3e-3, val_fraction: float = 0.34,
             wait += 1
             if wait >= patience:
                 break
+        if progress:
+            print(f"epoch {len(hist['val'])}: train {hist['train'][-1]:.4g}, val {v:.4g} (uncorrected {baseline:.4g})",
+                  flush=True)
     model.load_state_dict(best_state)
     hist["best_val"] = best
     if checkpoint is not None:
-        save(model, checkpoint, {"seed": seed, "epochs_run": len(hist["val"]), "best_val": best,
-                                 "baseline_val": baseline, "train_seeds": [int(pairs[i]["seed"]) for i in order[n_val:]],
-                                 "val_seeds": hist["val_seeds"]})
+        record = {"seed": seed, "epochs": epochs, "epochs_run": len(hist["val"]), "lr": lr, "crop": crop,
+                  "loss": "mean |D - D_ref| / (D_ref + 1e-3 max D) over the body", "best_val": best,
+                  "baseline_val": baseline, "train_loss": hist["train"], "val_loss": hist["val"],
+                  "train_seeds": [int(pairs[i]["seed"]) for i in order[n_val:]], "val_seeds": hist["val_seeds"],
+                  "torch_version": torch.__version__}
+        record.update(provenance or {})
+        save(model, checkpoint, record)
     return model, hist
