@@ -12,6 +12,7 @@ import numpy as np
 
 from ..absorbed import absorbed_dose
 from ..density import hu_to_density
+from ..kernels import _voxel_tuple
 
 def make_pair(tia_mbq_s: np.ndarray, ct_hu: np.ndarray, voxel_mm, body: np.ndarray, *, nuclide: str = "Lu-177",
               seed: int | None = None) -> dict:
@@ -19,7 +20,7 @@ def make_pair(tia_mbq_s: np.ndarray, ct_hu: np.ndarray, voxel_mm, body: np.ndarr
 
     tia_mbq_s: voxel TIA (MBq*s); ct_hu: CT on the same grid (HU); voxel_mm: (z, y, x) or
     one size (mm); body: bool mask of the body (where the corrector is trained)."""
-    vox = (float(voxel_mm),) * 3 if np.ndim(voxel_mm) == 0 else tuple(float(v) for v in voxel_mm)
+    vox = _voxel_tuple(voxel_mm)
     rho = hu_to_density(np.asarray(ct_hu, dtype=np.float64))
     phys = absorbed_dose(tia_mbq_s, vox, nuclide, method="density", density_g_cm3=rho)
     ref = absorbed_dose(tia_mbq_s, vox, nuclide, method="reference", density_g_cm3=rho)

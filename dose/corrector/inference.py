@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import GeometryError, InvalidDoseInputError
+from ..kernels import _voxel_tuple
 from .network import DoseUNet3D
 
 #: the shipped weights, written by examples/train_dose_corrector.py (177Lu, 12 mm voxels)
@@ -89,7 +90,7 @@ class Corrector:
         v = self.provenance.get("training", {}).get("voxel_mm")
         if v is None:
             return None
-        return (float(v),) * 3 if np.ndim(v) == 0 else tuple(float(x) for x in v)
+        return _voxel_tuple(v)
 
     @property
     def trained_nuclide(self) -> str | None:
@@ -102,8 +103,8 @@ class Corrector:
         what both the call and the provenance give."""
         tv = self.trained_voxel_mm
         if voxel_mm is not None and tv is not None:
-            v = (float(voxel_mm),) * 3 if np.ndim(voxel_mm) == 0 else tuple(float(x) for x in voxel_mm)
-            if len(v) != 3 or not np.allclose(v, tv, rtol=VOXEL_RTOL, atol=0):
+            v = _voxel_tuple(voxel_mm)
+            if not np.allclose(v, tv, rtol=VOXEL_RTOL, atol=0):
                 raise GeometryError(f"voxel_mm: the corrector weights {self.provenance.get('weights', '')} were "
                                     f"trained for {tv} mm voxels, got {v}; resample (absorbed_dose "
                                     f"kernel_voxel_mm={tv}) or train weights for this voxel size")
