@@ -167,6 +167,70 @@ class CompiledModel:
         return s
 
     @cached_property
+    def jacobian_pattern(self) -> np.ndarray:
+        """Structural pattern of J = d(dy/dt)/dy (n x n bool, diagonal included): J_ij may
+        be non-zero when species i takes part in a reaction whose rate contains species j."""
+        ys = {s: i for i, s in enumerate(self._y_syms)}
+        depends = np.zeros((len(self.model.reactions), len(ys)), dtype=bool)
+        for j, r in enumerate(self.model.reactions):
+            for sym in r.rate.free_symbols & ys.keys():
+                depends[j, ys[sym]] = True
+        pattern = (self.stoichiometry != 0).astype(np.int64) @ depends.astype(np.int64) > 0
+        return pattern | np.eye(len(ys), dtype=bool)
+
+    @cached_property
+    def jacobian_entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cols) of the structural Jacobian entries, row-major: the order of
+        `Kinetics.jacobian_values`."""
+        rows, cols = np.nonzero(self.jacobian_pattern)
+        return rows, cols
+
+    @cached_property
+    def _sparse_tables(self) -> dict:
+        """Constant index tables of the sparse kinetics (see `Kinetics`).
+
+        lin_to_entry (n_entries, n_linear) maps the first-order rate coefficients to A's
+        entries (A y is then a segment sum over the row-sorted entries); quad_rows /
+        quad_terms / quad_coef (sorted by row): where each quadratic flux enters dy/dt;
+        quad_entries / quad_slots / quad_entry_coef (sorted by entry): where the
+        derivatives (c y[i2], c y[i1]) of each quadratic flux enter J; other_to_entry
+        (n_entries, n_other_jac) the same as a matrix
+        for the non-polynomial rates' partial derivatives.
+        """
+        rows, cols = self.jacobian_entries
+        n = len(self.model.species)
+        entry = {(int(r), int(c)): e for e, (r, c) in enumerate(zip(rows, cols))}
+        _, linear, quadratic, other = self._terms
+        st = self.stoichiometry
+        lin_to_entry = np.zeros((rows.size, len(linear)))
+        for t, (j, i, _) in enumerate(linear):
+            for r in np.flatnonzero(st[:, j]):
+                lin_to_entry[entry[(r, i)], t] += st[r, j]
+        # quadratic flux t enters species r with stoichiometry st[r, j_t] (field), and
+        # its derivatives c y[i2], c y[i1] enter the entries (r, i1), (r, i2) (Jacobian)
+        quad_rows, quad_terms, quad_coef, quad_entries, quad_slots, quad_entry_coef = [], [], [], [], [], []
+        for t, (j, i1, i2, _) in enumerate(quadratic):
+            for r in np.flatnonzero(st[:, j]):
+                quad_rows.append(r), quad_terms.append(t), quad_coef.append(st[r, j])
+                quad_entries += [entry[(r, i1)], entry[(r, i2)]]
+                quad_slots += [t, len(quadratic) + t]
+                quad_entry_coef += [st[r, j], st[r, j]]
+        by_row = np.argsort(quad_rows, kind="stable")
+        by_entry = np.argsort(quad_entries, kind="stable")
+        other_entries = self._other_rates[1] if other else np.zeros((0, 2), dtype=int)
+        other_to_entry = np.zeros((rows.size, other_entries.shape[0]))
+        for m, (k, i) in enumerate(other_entries):
+            for r in np.flatnonzero(st[:, other[k]]):
+                other_to_entry[entry[(r, int(i))], m] += st[r, other[k]]
+        return dict(rows=rows, cols=cols, lin_to_entry=lin_to_entry,
+                    quad_rows=np.array(quad_rows, dtype=int)[by_row], quad_terms=np.array(quad_terms, dtype=int)[by_row],
+                    quad_coef=np.array(quad_coef, dtype=float)[by_row],
+                    quad_entries=np.array(quad_entries, dtype=int)[by_entry],
+                    quad_slots=np.array(quad_slots, dtype=int)[by_entry],
+                    quad_entry_coef=np.array(quad_entry_coef, dtype=float)[by_entry],
+                    other_to_entry=other_to_entry)
+
+    @cached_property
     def _rate_fn(self) -> Callable:
         return _lambdify([self._y_syms, self._p_syms, self._d_syms], [r.rate for r in self.model.reactions])
 
@@ -185,15 +249,12 @@ class CompiledModel:
         b = jnp.zeros(n)
         if constant:
             b = jnp.asarray(st[:, [t[0] for t in constant]]) @ c[:n_c]
-        a = jnp.zeros((n, n))
-        if linear:
-            cols = np.array([t[0] for t in linear])
-            src = np.array([t[1] for t in linear])
-            a = a.at[:, src].add(jnp.asarray(st[:, cols]) * c[n_c:n_c + n_l][None, :])
+        tables = self._sparse_tables
+        a_values = jnp.asarray(tables["lin_to_entry"]) @ c[n_c:n_c + n_l] if linear else jnp.zeros(tables["rows"].size)
         q_idx = np.array([[t[1], t[2]] for t in quadratic], dtype=int).reshape(-1, 2)
         q_stoich = st[:, [t[0] for t in quadratic]] if quadratic else np.zeros((n, 0))
-        return Kinetics(a, b, c[n_c + n_l:], q_idx, q_stoich, st[:, other], self._other_species,
-                        self._other_rates if other else None, p, d)
+        return Kinetics(a_values, b, c[n_c + n_l:], q_idx, q_stoich, st[:, other], self._other_species,
+                        self._other_rates if other else None, p, d, tables)
 
     def vector_field(self, p: jnp.ndarray, d: jnp.ndarray) -> Callable[[jnp.ndarray], jnp.ndarray]:
         """Return y -> dy/dt (nmol/h) for fixed parameters, with its analytic Jacobian."""
@@ -262,67 +323,69 @@ class Kinetics:
 
     A (n x n, 1/h) holds the first-order fluxes, b the zero-order ones, the quadratic
     terms (e.g. ligand x free receptor) are gathered and scattered with the stoichiometry
-    Q, and r_o are the remaining non-polynomial rates.  `field` carries the analytic
-    Jacobian J(y) = A + d(quadratic)/dy + S_o dr_o/dy as a custom JVP; derivatives with
-    respect to the parameters flow through A, b and c, which are JAX functions of p.
+    Q, and r_o are the remaining non-polynomial rates.  The analytic Jacobian is
+    J(y) = A + d(quadratic)/dy + S_o dr_o/dy.
+
+    A y is evaluated on A's structural entries only (a padded row-wise gather, `tables`
+    of `CompiledModel._sparse_tables`), and `jacobian_values` gives J at the structural
+    entries without forming the dense matrix: under `jax.vmap` over a cohort the dense
+    per-patient A would be read from memory at every evaluation.
     """
 
-    def __init__(self, a, b, cq, q_idx, q_stoich, s_other, other_species, other_rates, p, d):
-        self.a, self.b, self.cq = a, b, cq
+    def __init__(self, a_values, b, cq, q_idx, q_stoich, s_other, other_species, other_rates, p, d, tables):
+        self.a_values, self.b, self.cq = a_values, b, cq
         self.i1, self.i2 = q_idx[:, 0], q_idx[:, 1]
         self.q = q_stoich
         self.s_other, self.other_species, self.other_rates = s_other, other_species, other_rates
         self.p, self.d = p, d
+        self.tables = tables
 
-    def _eval(self, y, a, b, cq, p, d):
-        out = a @ y + b
+    @property
+    def a(self) -> jnp.ndarray:
+        """A as a dense (n x n) matrix (1/h)."""
+        n = self.b.shape[0]
+        return jnp.zeros((n, n), self.a_values.dtype).at[self.tables["rows"], self.tables["cols"]].add(self.a_values)
+
+    def jacobian_values(self, y):
+        """J(y) at the structural entries `CompiledModel.jacobian_entries` (1/h)."""
+        t = self.tables
+        values = self.a_values
         if self.cq.shape[0]:
-            out = out + self.q @ (cq * y[self.i1] * y[self.i2])
+            slopes = jnp.concatenate([self.cq * y[self.i2], self.cq * y[self.i1]])
+            values = values + jax.ops.segment_sum(t["quad_entry_coef"] * slopes[t["quad_slots"]], t["quad_entries"],
+                                                  values.shape[0], indices_are_sorted=True)
         if self.other_rates is not None:
-            out = out + self.s_other @ self.other_rates[0](y[self.other_species], p, d)
-        return out
+            values = values + t["other_to_entry"] @ self.other_rates[2](y[self.other_species], self.p, self.d)
+        return values
 
     def jacobian(self, y):
-        """J(y) = d(dy/dt)/dy (1/h)."""
-        return self._jacobian(y, self.a, self.cq, self.p, self.d)
-
-    def _jacobian(self, y, a, cq, p, d):
-        jac = a
-        if self.cq.shape[0]:
-            jac = jac.at[:, self.i1].add(self.q * (cq * y[self.i2])[None, :])
-            jac = jac.at[:, self.i2].add(self.q * (cq * y[self.i1])[None, :])
-        if self.other_rates is not None:
-            _, entries, jac_fn = self.other_rates
-            dr = jnp.zeros((self.s_other.shape[1], y.shape[0]))
-            dr = dr.at[entries[:, 0], entries[:, 1]].add(jac_fn(y[self.other_species], p, d))
-            jac = jac + self.s_other @ dr
-        return jac
+        """J(y) = d(dy/dt)/dy (1/h), dense."""
+        n = y.shape[0]
+        t = self.tables
+        return jnp.zeros((n, n), y.dtype).at[t["rows"], t["cols"]].add(self.jacobian_values(y))
 
     @property
     def field(self) -> Callable[[jnp.ndarray], jnp.ndarray]:
-        ev, jacobian = self._eval, self._jacobian
+        """y -> dy/dt (nmol/h).  Plain JAX code (a polynomial in y plus any
+        non-polynomial rates), so `jax.jvp`/`jax.grad` through it are exact; derivatives
+        with respect to the parameters flow through A, b and c, which are JAX functions
+        of p."""
+        t = self.tables
+        a_values, b, cq, p, d = self.a_values, self.b, self.cq, self.p, self.d
+        n = b.shape[0]
 
-        @jax.custom_jvp
-        def field(y, a, b, cq, p, d):
-            return ev(y, a, b, cq, p, d)
+        def field(y):
+            # sparse products summed per row (segment sums over row-sorted entries)
+            out = jax.ops.segment_sum(a_values * y[t["cols"]], t["rows"], n, indices_are_sorted=True) + b
+            if cq.shape[0]:
+                flux = cq * y[self.i1] * y[self.i2]
+                out = out + jax.ops.segment_sum(t["quad_coef"] * flux[t["quad_terms"]], t["quad_rows"], n,
+                                                indices_are_sorted=True)
+            if self.other_rates is not None:
+                out = out + self.s_other @ self.other_rates[0](y[self.other_species], p, d)
+            return out
 
-        def field_jvp(primals, tangents):
-            zero = jax.custom_derivatives.SymbolicZero
-            out = field(*primals)
-            y, a, b, cq, p, d = primals
-            if isinstance(tangents[0], zero):
-                t = jnp.zeros_like(out)
-            else:
-                t = jacobian(y, a, cq, p, d) @ tangents[0]
-            rest = tangents[1:]
-            if not all(isinstance(v, zero) for v in rest):
-                rest = tuple(jnp.zeros_like(x) if isinstance(v, zero) else v for x, v in zip(primals[1:], rest))
-                t = t + jax.jvp(lambda *args: ev(y, *args), primals[1:], rest)[1]
-            return out, t
-
-        field.defjvp(field_jvp, symbolic_zeros=True)
-        a, b, cq, p, d = self.a, self.b, self.cq, self.p, self.d
-        return lambda y: field(y, a, b, cq, p, d)
+        return field
 
 
 def region_volumes_ml(model: Model, params: Mapping[str, float] | None = None) -> dict[str, float]:

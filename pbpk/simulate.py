@@ -36,6 +36,7 @@ from dose.nuclides import AVOGADRO_PER_MOL
 
 from .compile import CompiledModel, compile_model
 from .errors import PBPKError, ScheduleError, SolverError
+from .block_solve import BlockArrowSolve, DenseLU
 from .linear_solver import PermutedLU
 from .rosenbrock import Rodas4
 from .model import Model, decay_parameter_name
@@ -52,6 +53,10 @@ class SolverOptions:
     method: "rodas4" (default; `pbpk.rosenbrock.Rodas4`, linearly implicit, with the
     model's analytic Jacobian) or "kvaerno5" (diffrax's ESDIRK with chord-Newton
     iterations).  Both run inside `diffrax.diffeqsolve` with a PID step-size controller.
+    linear_solve (Rodas4): "auto" uses `pbpk.block_solve.BlockArrowSolve` (block
+    inverses + Schur complement on the blood-pool hubs, from the model's structural
+    Jacobian pattern) when it needs fewer flops than a dense LU, "dense" always uses the
+    dense pivoted LU.  Both give the same solution to round-off.
     adjoint: how derivatives pass through the solve: "reverse" (diffrax's
     RecursiveCheckpointAdjoint, for `jax.grad` with many parameters) or "forward"
     (diffrax's ForwardMode, for `jax.jvp`/`jax.jacfwd` with few parameters, e.g. NUTS
@@ -67,10 +72,13 @@ class SolverOptions:
     method: str = "rodas4"
     max_steps: int = 20_000
     adjoint: str = "reverse"
+    linear_solve: str = "auto"
 
     def __post_init__(self):
         if self.adjoint not in ("reverse", "forward"):
             raise PBPKError(f"SolverOptions.adjoint = {self.adjoint!r}; expected 'reverse' or 'forward'")
+        if self.linear_solve not in ("auto", "dense"):
+            raise PBPKError(f"SolverOptions.linear_solve = {self.linear_solve!r}; expected 'auto' or 'dense'")
     pcoeff: float | None = None
     icoeff: float | None = None
 
@@ -207,6 +215,35 @@ class _Plan:
     scale_of_row: np.ndarray  # (n_forms, n_rows) 1 where a dose row sets the scale of a form
     species_form: np.ndarray  # (n_species,) form index (last index: species of no dosed form)
     quadrature_form: np.ndarray  # (n_quadratures,) form index
+    _linear_systems: dict = field(default_factory=dict)
+
+    def linear_system(self, with_tia: bool) -> tuple:
+        """Rodas4's linear solver for the state (species, plus TIA quadratures when
+        `with_tia`), built once from the structural Jacobian pattern: the block-arrow
+        solver where it needs fewer flops, else the dense LU, both taking J at the
+        pattern's entries.  Returns (solver, rows, cols, quadrature-row values): the
+        species entries come first, in `CompiledModel.jacobian_entries` order, then the
+        constant quadrature rows."""
+        if with_tia not in self._linear_systems:
+            compiled = self.compiled
+            n_sp = len(compiled.model.species)
+            quad = self.region_hot if with_tia else self.region_hot[:0]
+            n = n_sp + quad.shape[0]
+            pattern = np.eye(n, dtype=bool)
+            pattern[:n_sp, :n_sp] |= compiled.jacobian_pattern
+            pattern[n_sp:, :n_sp] |= quad != 0
+            solver = BlockArrowSolve.from_pattern(pattern)
+            rows, cols = np.nonzero(pattern)
+            if solver is None:
+                solver = DenseLU(rows, cols, n)
+            species_rows, species_cols = compiled.jacobian_entries
+            n_species_entries = species_rows.size
+            assert np.array_equal(rows[:n_species_entries], species_rows)
+            assert np.array_equal(cols[:n_species_entries], species_cols)
+            tail_rows, tail_cols = rows[n_species_entries:], cols[n_species_entries:]
+            quad_values = np.where(tail_cols < n_sp, quad[tail_rows - n_sp, np.minimum(tail_cols, n_sp - 1)], 0.0)
+            self._linear_systems[with_tia] = (solver, rows, cols, quad_values)
+        return self._linear_systems[with_tia]
 
 
 def _decay_parameter(model: Model, nuclide: str) -> str:
@@ -352,15 +389,26 @@ def _solve(plan: _Plan, opts: SolverOptions, with_tia: bool, p, times, event_tim
         amounts = z[:n_sp] * scale[:n_sp]
         return jnp.concatenate([species_field(amounts), region_hot @ amounts]) / scale
 
-    def jacobian(t, z, args):
-        """d(dz/dt)/dz = diag(1/s) [[J(y), 0], [R, 0]] diag(s), y = s z."""
-        j_species = kinetics.jacobian(z[:n_sp] * scale[:n_sp])
-        top = jnp.concatenate([j_species, jnp.zeros((n_sp, n_q))], axis=1)
-        bottom = jnp.concatenate([region_hot, jnp.zeros((n_q, n_q))], axis=1)
-        return jnp.concatenate([top, bottom], axis=0) * scale[None, :] / scale[:, None]
+    if opts.linear_solve == "auto" and opts.method == "rodas4":
+        linear_solver, rows, cols, quad_values = plan.linear_system(with_tia)
+        entry_scale = scale[cols] / scale[rows]
+
+        def jacobian(t, z, args):
+            """d(dz/dt)/dz = diag(1/s) [[J(y), 0], [R, 0]] diag(s) at the pattern's entries."""
+            j_species = kinetics.jacobian_values(z[:n_sp] * scale[:n_sp])
+            return jnp.concatenate([j_species, jnp.asarray(quad_values)]) * entry_scale
+    else:
+        linear_solver = DenseLU()
+
+        def jacobian(t, z, args):
+            """d(dz/dt)/dz = diag(1/s) [[J(y), 0], [R, 0]] diag(s), y = s z, dense."""
+            j_species = kinetics.jacobian(z[:n_sp] * scale[:n_sp])
+            top = jnp.concatenate([j_species, jnp.zeros((n_sp, n_q))], axis=1)
+            bottom = jnp.concatenate([region_hot, jnp.zeros((n_q, n_q))], axis=1)
+            return jnp.concatenate([top, bottom], axis=0) * scale[None, :] / scale[:, None]
 
     term = diffrax.ODETerm(vector_field)
-    solver = _make_solver(opts, jacobian)
+    solver = _make_solver(opts, jacobian, linear_solver)
     controller = opts.controller()
     adjoint = diffrax.ForwardMode() if opts.adjoint == "forward" else diffrax.RecursiveCheckpointAdjoint()
     seg_t1 = jnp.concatenate([event_times[1:], jnp.reshape(t_end, (1,))])
@@ -410,9 +458,9 @@ def _postprocess(plan: _Plan, with_tia: bool, amounts, y_end, lam, times, event_
     return activity, tia_values, urine_fraction
 
 
-def _make_solver(opts: SolverOptions, jacobian):
+def _make_solver(opts: SolverOptions, jacobian, linear_solver):
     if opts.method == "rodas4":
-        return Rodas4(jacobian=jacobian)
+        return Rodas4(jacobian=jacobian, linear_solver=linear_solver)
     if opts.method == "kvaerno5":
         return diffrax.Kvaerno5(
             root_finder=diffrax.with_stepsize_controller_tols(diffrax.VeryChord)(linear_solver=PermutedLU())
