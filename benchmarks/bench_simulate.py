@@ -1,10 +1,11 @@
-"""Side-by-side timing: pbpk.simulate (diffrax Kvaerno5, JAX) vs scipy BDF on the same
+"""Side-by-side timing: pbpk.simulate (diffrax + Rodas4, JAX) vs scipy BDF on the same
 right-hand side with the JAX Jacobian.
 
 Case (issue 2): full PSMA model, 2 lesions, one 7.4 GBq / 90 nmol 177Lu-PSMA-617 injection,
 7 days, 200 output times, rtol 1e-6.  Reports medians (this machine is shared and noisy)
 and the ratios:
-  * single simulation after JIT (ours) vs one scipy BDF solve;
+  * single simulation after JIT (ours: block-arrow linear solves, and the dense LU for
+    comparison) vs one scipy BDF solve;
   * throughput of jax.vmap over 256 virtual patients (time per patient) vs scipy.
 Also checks that both methods agree (max relative difference of organ TACs).
 
@@ -57,6 +58,12 @@ def main():
     compile_single = time.perf_counter() - t0
     t_single = median_time(lambda: jax.block_until_ready(single(p0)), args.repeats * 4)
 
+    # ---- ours: single simulation with the dense LU instead of the block-arrow solves
+    dense_opts = pbpk.SolverOptions(rtol=1e-6, linear_solve="dense")
+    single_dense = jax.jit(lambda p: pbpk.simulate(model, schedule, times, p, tia=False, options=dense_opts).region_activity_mbq)
+    jax.block_until_ready(single_dense(p0))
+    t_single_dense = median_time(lambda: jax.block_until_ready(single_dense(p0)), args.repeats * 4)
+
     # ---- ours: single simulation with diffrax's Kvaerno5 instead of Rodas4
     t_single_kv = None
     if not args.no_kvaerno:
@@ -108,6 +115,8 @@ def main():
     print(f"device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform}), {jax.device_count()} device(s)")
     print(f"compile: single {compile_single:.1f} s")
     print(f"ours single (median after JIT):      {t_single * 1e3:9.1f} ms")
+    print(f"ours single, dense LU (median):      {t_single_dense * 1e3:9.1f} ms  "
+          f"(block-arrow solves {t_single_dense / t_single:.1f}x faster)")
     if t_single_kv is not None:
         print(f"ours single, Kvaerno5 (median):     {t_single_kv * 1e3:9.1f} ms")
     print(f"scipy BDF + JAX Jacobian (median):   {t_scipy * 1e3:9.1f} ms  ({ref.nfev} f-evals, {ref.njev} jac-evals)")

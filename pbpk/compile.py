@@ -198,7 +198,6 @@ class CompiledModel:
         for the non-polynomial rates' partial derivatives.
         """
         rows, cols = self.jacobian_entries
-        n = len(self.model.species)
         entry = {(int(r), int(c)): e for e, (r, c) in enumerate(zip(rows, cols))}
         _, linear, quadratic, other = self._terms
         st = self.stoichiometry
