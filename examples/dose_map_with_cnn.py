@@ -5,25 +5,27 @@ Steps:
 1. The twin: loaded from a folder written by `PatientTwin.save` (`--twin`, e.g. the one
    examples/alternative_schedules.py writes to <its output>/twin), or built here from the
    synthetic study (`twin.synthetic.make_study`) and calibrated (Laplace, PET + SPECT).
-2. Voxel dose maps of one therapy cycle (`--cycles`, default 1 x 7.4 GBq): the
-   water-kernel convolution (`twin.dose_map(method="kernel")`) and the density-scaled
-   kernel (`method="density"`, the corrector's input: `dose.corrector.data` trains on
-   density-method dose -> heterogeneity-aware reference dose).
-3. Density rho (g/cm^3) from the twin's CT (HU) by the Schneider 2000 table
-   (`dose.density.hu_to_density`), then D_cnn = Corrector(D_density, rho)
-   (`dose.corrector.inference`: patch-wise 3D U-Net, global scale, non-negative).
-   Weights: `--weights PATH` (written by `dose.corrector.inference.save`, e.g. by
-   examples/train_dose_corrector.py); with `--train-quick` tiny weights are first trained
-   on a few phantom pairs (`twin.corrector_data.phantom_pairs`, `dose.corrector.train`) and
-   written to PATH (default <output>/corrector_quick.pt).  Quick weights only show the
-   plumbing; they are not a validated corrector.
+2. Voxel dose maps of one therapy cycle (`--cycles`, default 1 x 7.4 GBq), all computed
+   on the corrector's training voxel grid (12 mm for the shipped weights; resampled back
+   to the twin's label grid): the water-kernel convolution (`method="kernel"`), the
+   density-scaled kernel (`method="density"`, the corrector's input) and the CNN-corrected
+   dose (`method="corrected"`: density dose -> 3D U-Net residual, `dose.corrector`).
+3. Weights: the shipped ones by default (`dose/corrector/weights/lu177_12mm.pt`, trained
+   by examples/train_dose_corrector.py on synthetic phantoms against the heterogeneity-
+   aware `reference` dose; their provenance is written into the dose image metadata), or
+   `--weights PATH`; with `--train-quick` tiny weights are first trained on a few phantom
+   pairs (`twin.corrector_data.phantom_pairs`, `dose.corrector.train`) and written to PATH
+   (default <output>/corrector_quick.pt) — they only show the plumbing.
+   The shipped weights are validated in lungs and at bone interfaces; in low-dose head
+   regions (brain, salivary glands) they over-correct (README, "CNN dose corrector"), so
+   compare those regions with the density dose.
 Writes <output>/dose_kernel.nii.gz, dose_density.nii.gz, dose_cnn.nii.gz and
 region_means.csv; prints the mean dose (Gy) of each labelled region in each map.
 
-Run:  python examples/dose_map_with_cnn.py --weights W.pt [--twin DIR] [--output DIR] [--force]
-      python examples/dose_map_with_cnn.py --train-quick [--quick]
-Time: with --twin and --train-quick ~1-2 min on two CPU cores; building the twin adds the
-calibration (~3-4 min).
+Run:  python examples/dose_map_with_cnn.py [--twin DIR] [--output DIR] [--force]
+      python examples/dose_map_with_cnn.py --weights W.pt | --train-quick [--quick]
+Time: with --twin ~1-2 min on two CPU cores; building the twin adds the calibration
+(~3-4 min).
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-import imaging
 from _common import (ExampleError, calibrated_twin, output_folder, print_frame, synthetic_study, timed, vision,
                      write_csv, write_image)
 
@@ -50,17 +51,6 @@ def train_quick_weights(path: Path, n_pairs: int, epochs: int) -> None:
     _, hist = train(pairs, epochs=epochs, base=4, patience=max(2, epochs), checkpoint=str(path))
     print(f"quick corrector: validation loss uncorrected {hist['baseline_val']:.4g}, "
           f"corrected {hist['best_val']:.4g} after {len(hist['val'])} epochs -> {path}")
-
-
-def density_map(twin) -> np.ndarray:
-    """Mass density (g/cm^3, z y x) on the label grid from the twin's CT (Schneider 2000)."""
-    from dose.density import hu_to_density
-
-    if twin.ct is None:
-        raise ExampleError("the twin has no CT; the corrector needs a density map")
-    ct = imaging.resample_to(twin.ct, twin.labels)
-    ct = ct.image if isinstance(ct, imaging.Scan) else ct
-    return np.asarray(hu_to_density(sitk.GetArrayFromImage(ct).astype(np.float64)), dtype=np.float64)
 
 
 def region_means(maps: dict[str, np.ndarray], labels: np.ndarray, region_names: dict[int, str]) -> pd.DataFrame:
@@ -81,7 +71,8 @@ def region_means(maps: dict[str, np.ndarray], labels: np.ndarray, region_names: 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--weights", help="corrector weights (dose.corrector.inference.save format)")
+    ap.add_argument("--weights", help="corrector weights (dose.corrector.inference.save format); "
+                    "default: the shipped weights")
     ap.add_argument("--train-quick", action="store_true", help="train tiny weights first (written to --weights)")
     ap.add_argument("--twin", help="folder of a saved twin (PatientTwin.save); default: build and calibrate one")
     ap.add_argument("--cycles", type=int, default=1, help="number of 7.4 GBq cycles (q6w) dosed")
@@ -94,10 +85,8 @@ def main(argv=None) -> None:
     if args.cycles < 1:
         raise ExampleError(f"--cycles {args.cycles}: expected at least 1")
     out = output_folder("dose_map_with_cnn", args.output, args.force)
-    weights = Path(args.weights) if args.weights else out / "corrector_quick.pt"
-    if not args.train_quick and not args.weights:
-        raise ExampleError("--weights: give a weights file, or pass --train-quick to train tiny ones")
-    if not args.train_quick and not weights.is_file():
+    weights = Path(args.weights) if args.weights else (out / "corrector_quick.pt" if args.train_quick else None)
+    if weights is not None and not args.train_quick and not weights.is_file():
         raise ExampleError(f"--weights {weights}: no such file (train with --train-quick or "
                            "examples/train_dose_corrector.py)")
     start = time.perf_counter()
@@ -121,19 +110,20 @@ def main(argv=None) -> None:
     if twin.labels is None:
         raise ExampleError("the twin has no label map (anatomy); voxel dose maps need one")
 
+    if twin.ct is None:
+        raise ExampleError("the twin has no CT; the corrector needs a density map")
+
+    from dose.corrector import load
+
+    corrector = load(None if weights is None else str(weights))
+    grid_mm = corrector.trained_voxel_mm
+    print(f"corrector weights: {corrector.provenance.get('weights', weights)}; dose grid {grid_mm} mm")
     therapy = vision(args.cycles)
-    with timed("dose maps (kernel, density)"):
-        kernel = twin.dose_map(therapy, method="kernel", max_draws=max_draws)
-        dens = twin.dose_map(therapy, method="density", max_draws=max_draws)
-    rho = density_map(twin)
-
-    from dose.corrector.inference import load
-
-    corrector = load(str(weights))
-    with timed("CNN correction"):
-        corrected = corrector(sitk.GetArrayFromImage(dens), rho)
-    cnn = sitk.GetImageFromArray(corrected.astype(np.float32))
-    cnn.CopyInformation(dens)
+    with timed("dose maps (kernel, density, CNN-corrected)"):
+        kernel = twin.dose_map(therapy, method="kernel", kernel_voxel_mm=grid_mm, max_draws=max_draws)
+        dens = twin.dose_map(therapy, method="density", kernel_voxel_mm=grid_mm, max_draws=max_draws)
+        cnn = twin.dose_map(therapy, method="corrected", corrector=corrector, kernel_voxel_mm=grid_mm,
+                            max_draws=max_draws)
 
     for name, image in (("kernel", kernel), ("density", dens), ("cnn", cnn)):
         write_image(image, out / f"dose_{name}.nii.gz")

@@ -364,10 +364,14 @@ class PatientTwin:
         image.CopyInformation(self.labels)
         return image
 
-    def dose_map(self, schedule, method: str | None = None, *, corrector=None, **kwargs) -> sitk.Image:
+    def dose_map(self, schedule, method: str | None = None, *, corrector=None, kernel_voxel_mm=None,
+                 **kwargs) -> sitk.Image:
         """Voxel absorbed dose (Gy, float32) of `schedule` from `tia_map` with
         `dose.absorbed_dose` (`method`: the twin's dose_method by default; "corrected"
-        needs `corrector`, a `dose.corrector.Corrector` or a weights path, and the CT)."""
+        needs `corrector`, a `dose.corrector.Corrector`, a weights path or "default" for
+        the shipped weights, and the CT).  kernel_voxel_mm: compute the dose on that
+        voxel grid (e.g. the corrector's training voxel size) and resample it back to the
+        label grid."""
         method = method or self.dose_method
         tia = self.tia_map(schedule, **kwargs)
         ct = None
@@ -375,7 +379,7 @@ class PatientTwin:
             ct = imaging.resample_to(self.ct, self.labels)
             ct = ct.image if isinstance(ct, imaging.Scan) else ct
         out = dose.absorbed_dose(tia, None, schedule_nuclide(pbpk.schedule.as_schedule(schedule)), method=method,
-                                 ct_hu=ct, tia_units="MBq*h", corrector=corrector)
+                                 ct_hu=ct, tia_units="MBq*h", corrector=corrector, kernel_voxel_mm=kernel_voxel_mm)
         values = sitk.GetArrayFromImage(out)
         if values.min() < -1e-5 * max(values.max(), 0.0):
             raise TwinError(f"dose map: negative dose {values.min()} Gy beyond FFT round-off")
