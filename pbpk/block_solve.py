@@ -18,7 +18,8 @@ J (or its values at given structural entries), `BlockArrowSolve` the values of J
 pattern's entries (row-major), which it gathers straight into the block layout.
 
 `factor` forms the explicit block inverses B_k^{-1} (Gauss-Jordan elimination on the
-diagonal, all blocks at once, blocks padded to size K with identity rows), G = B^{-1} E
+diagonal, all blocks at once; blocks grouped by size, each group padded to its largest
+block with identity rows), G = B^{-1} E
 and S^{-1} (LAPACK, partial pivoting); `solve` is then a handful of small batched
 matrix-vector products.  Work per factorisation ~ m K^3 + n h^2 instead of n^3/3, and every
 operation vectorises across a `jax.vmap`-ed cohort (no per-matrix LAPACK call except the
@@ -40,11 +41,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import jax.numpy as jnp
-import jax.scipy as jsp
 import numpy as np
 import scipy.sparse as sps
-from jax.lax import linalg as lax_linalg
 from scipy.sparse.csgraph import connected_components
+
+from .linear_solver import lu_factor_permuted, lu_solve_permuted
 
 
 class DenseLU:
@@ -58,14 +59,11 @@ class DenseLU:
     def factor(self, jac: jnp.ndarray, shift):
         if self.rows is not None:
             jac = jnp.zeros((self.n, self.n), jac.dtype).at[self.rows, self.cols].set(jac)
-        n = jac.shape[0]
-        lu, pivots = jsp.linalg.lu_factor(jnp.eye(n, dtype=jac.dtype) * shift - jac)
-        return lu, lax_linalg.lu_pivots_to_permutation(pivots, n)
+        return lu_factor_permuted(jnp.eye(jac.shape[0], dtype=jac.dtype) * shift - jac)
 
     def solve(self, factors, b: jnp.ndarray) -> jnp.ndarray:
         lu, perm = factors
-        z = lax_linalg.triangular_solve(lu, b[perm][:, None], left_side=True, lower=True, unit_diagonal=True)
-        return lax_linalg.triangular_solve(lu, z, left_side=True, lower=False)[:, 0]
+        return lu_solve_permuted(lu, perm, b[:, None])[:, 0]
 
 
 def _gauss_jordan_inverse(blocks: jnp.ndarray) -> jnp.ndarray:

@@ -20,6 +20,19 @@ from jax.lax import linalg as lax_linalg
 from lineax._solver.misc import pack_structures, ravel_vector, transpose_packed_structures, unravel_solution
 
 
+def lu_factor_permuted(w: jnp.ndarray):
+    """(LU factors, row permutation) of a dense square matrix (LAPACK getrf, partial
+    pivoting), the pivots converted to a permutation once."""
+    lu, pivots = jsp.linalg.lu_factor(w)
+    return lu, lax_linalg.lu_pivots_to_permutation(pivots, lu.shape[0])
+
+
+def lu_solve_permuted(lu: jnp.ndarray, permutation: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+    """x with P A x = L U x = P b (b of shape (n,) or (n, k)): one gather, two triangular solves."""
+    z = lax_linalg.triangular_solve(lu, b[permutation], left_side=True, lower=True, unit_diagonal=True)
+    return lax_linalg.triangular_solve(lu, z, left_side=True, lower=False)
+
+
 class PermutedLU(lx.AbstractLinearSolver):
     """LU with partial pivoting; the permutation is computed once in `init`."""
 
@@ -27,9 +40,7 @@ class PermutedLU(lx.AbstractLinearSolver):
         del options
         if operator.in_size() != operator.out_size():
             raise ValueError("PermutedLU needs a square operator")
-        lu, pivots = jsp.linalg.lu_factor(operator.as_matrix())
-        permutation = lax_linalg.lu_pivots_to_permutation(pivots, lu.shape[0])
-        return (lu, permutation), pack_structures(operator), eqxi.Static(False)
+        return lu_factor_permuted(operator.as_matrix()), pack_structures(operator), eqxi.Static(False)
 
     def compute(self, state, vector, options):
         del options
@@ -40,8 +51,7 @@ class PermutedLU(lx.AbstractLinearSolver):
             z = lax_linalg.triangular_solve(lu, z, left_side=True, lower=True, unit_diagonal=True, transpose_a=True)
             x = jnp.zeros_like(z).at[permutation].set(z)
         else:  # L U x = P b
-            z = lax_linalg.triangular_solve(lu, b[permutation], left_side=True, lower=True, unit_diagonal=True)
-            x = lax_linalg.triangular_solve(lu, z, left_side=True, lower=False)
+            x = lu_solve_permuted(lu, permutation, b)
         return unravel_solution(x[:, 0], packed), lx.RESULTS.successful, {}
 
     def transpose(self, state, options):
