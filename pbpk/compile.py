@@ -194,8 +194,8 @@ class CompiledModel:
         quad_terms / quad_coef (sorted by row): where each quadratic flux enters dy/dt;
         quad_entries / quad_slots / quad_entry_coef (sorted by entry): where the
         derivatives (c y[i2], c y[i1]) of each quadratic flux enter J; other_to_entry
-        (n_entries, n_other_jac) the same as a matrix
-        for the non-polynomial rates' partial derivatives.
+        (n_entries, n_other_jac) maps the non-polynomial rates' partial derivatives to
+        J's entries.
         """
         rows, cols = self.jacobian_entries
         entry = {(int(r), int(c)): e for e, (r, c) in enumerate(zip(rows, cols))}
@@ -251,12 +251,11 @@ class CompiledModel:
         tables = self._sparse_tables
         a_values = jnp.asarray(tables["lin_to_entry"]) @ c[n_c:n_c + n_l] if linear else jnp.zeros(tables["rows"].size)
         q_idx = np.array([[t[1], t[2]] for t in quadratic], dtype=int).reshape(-1, 2)
-        q_stoich = st[:, [t[0] for t in quadratic]] if quadratic else np.zeros((n, 0))
-        return Kinetics(a_values, b, c[n_c + n_l:], q_idx, q_stoich, st[:, other], self._other_species,
+        return Kinetics(a_values, b, c[n_c + n_l:], q_idx, st[:, other], self._other_species,
                         self._other_rates if other else None, p, d, tables)
 
     def vector_field(self, p: jnp.ndarray, d: jnp.ndarray) -> Callable[[jnp.ndarray], jnp.ndarray]:
-        """Return y -> dy/dt (nmol/h) for fixed parameters, with its analytic Jacobian."""
+        """Return y -> dy/dt (nmol/h) for fixed parameters (plain JAX: exact jvp/grad)."""
         return self.kinetics(p, d).field
 
     def rhs(self, y: jnp.ndarray, p: jnp.ndarray, d: jnp.ndarray) -> jnp.ndarray:
@@ -320,30 +319,24 @@ class CompiledModel:
 class Kinetics:
     """dy/dt = A y + b + Q (c * y[i1] * y[i2]) + S_o r_o(y) for one parameter set.
 
-    A (n x n, 1/h) holds the first-order fluxes, b the zero-order ones, the quadratic
-    terms (e.g. ligand x free receptor) are gathered and scattered with the stoichiometry
-    Q, and r_o are the remaining non-polynomial rates.  The analytic Jacobian is
+    A (1/h) holds the first-order fluxes, kept as its values at the structural Jacobian
+    entries (`a_values`), b the zero-order ones, the quadratic terms (e.g. ligand x free
+    receptor) are scattered into dy/dt with their stoichiometry, and r_o are the
+    remaining non-polynomial rates.  The analytic Jacobian is
     J(y) = A + d(quadratic)/dy + S_o dr_o/dy.
 
-    A y is evaluated on A's structural entries only (a padded row-wise gather, `tables`
-    of `CompiledModel._sparse_tables`), and `jacobian_values` gives J at the structural
-    entries without forming the dense matrix: under `jax.vmap` over a cohort the dense
+    A y and the quadratic terms are segment sums over row-sorted entries (`tables` of
+    `CompiledModel._sparse_tables`), and `jacobian_values` gives J at the structural
+    entries without forming a dense matrix: under `jax.vmap` over a cohort a dense
     per-patient A would be read from memory at every evaluation.
     """
 
-    def __init__(self, a_values, b, cq, q_idx, q_stoich, s_other, other_species, other_rates, p, d, tables):
+    def __init__(self, a_values, b, cq, q_idx, s_other, other_species, other_rates, p, d, tables):
         self.a_values, self.b, self.cq = a_values, b, cq
         self.i1, self.i2 = q_idx[:, 0], q_idx[:, 1]
-        self.q = q_stoich
         self.s_other, self.other_species, self.other_rates = s_other, other_species, other_rates
         self.p, self.d = p, d
         self.tables = tables
-
-    @property
-    def a(self) -> jnp.ndarray:
-        """A as a dense (n x n) matrix (1/h)."""
-        n = self.b.shape[0]
-        return jnp.zeros((n, n), self.a_values.dtype).at[self.tables["rows"], self.tables["cols"]].add(self.a_values)
 
     def jacobian_values(self, y):
         """J(y) at the structural entries `CompiledModel.jacobian_entries` (1/h)."""
