@@ -187,7 +187,8 @@ def test_toy_fim_equals_finite_difference_and_is_sloppy(toy_predictions):
 
 def test_toy_geodesic_reaches_rapid_binding_equilibrium(toy_predictions):
     """Forward sloppiest geodesic: kon, koff -> infinity at fixed K_D (rapid binding
-    equilibrium), which `apply_limit` refuses with a message (no species merge yet)."""
+    equilibrium), which `apply_limit` refuses with a message (the binding flux is not linear
+    in the amounts: its limit needs an algebraic isotherm, not implemented)."""
     from pbpk.mbam.reduce import apply_limit
 
     p = toy_predictions

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import PBPKError
 from ..model import Model, decay_parameter_name
+from ..restrict import restrict_ligands
 from ..schedule import Schedule, as_schedule
 from ..simulate import SolverOptions, simulate
 
@@ -125,20 +126,28 @@ class Predictions:
 
     def _raw(self, theta):
         """Unweighted predictions, concatenated over schedules: activities (MBq, nuclide x
-        region x time) then, with `include_tia`, TIA (MBq*h, nuclide x region); NaN if a
+        region x time, for the nuclides of the ligands each schedule gives) then, with
+        `include_tia`, TIA (MBq*h, nuclide x region); NaN if a
         solve failed."""
         region_idx = np.array([self.model.region_names.index(r) for r in self.regions])
         out = []
         for sched, t in zip(self.schedules, self.times_h):
-            tr = simulate(self.model, sched, t, self.params(theta), tia=self.include_tia, options=self.options,
-                          check=False)
+            tr = simulate(self._model_for(sched), sched, t, self.params(theta), tia=self.include_tia,
+                          options=self.options, check=False)
             a = tr.region_activity_mbq[:, region_idx, :].ravel()
             if self.include_tia:
                 a = jnp.concatenate([a, tr.region_tia_mbq_h[:, region_idx].ravel()])
             out.append(jnp.where(tr.solver_ok, a, jnp.nan))
         return jnp.concatenate(out)
 
-    def _fn(self, key: str, make: Callable) -> Callable:
+    def _model_for(self, schedule: Schedule) -> Model:
+        """The model restricted to the ligands `schedule` gives (`pbpk.restrict`; exact, as the
+        other ligands' species stay 0), so a PET schedule does not carry the therapy
+        ligand's states."""
+        ligands = sorted({t.ligand.name for t in schedule.tracers})
+        return self._fn(("model",) + tuple(ligands), lambda: restrict_ligands(self.model, ligands))
+
+    def _fn(self, key, make: Callable) -> Callable:
         if key not in self._fns:
             self._fns[key] = make()
         return self._fns[key]

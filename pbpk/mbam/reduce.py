@@ -51,6 +51,7 @@ from ..model import Model, Parameter, Reaction
 from .fisher import fisher_information
 from .geodesic import geodesic
 from .limits import Limit, identify_limit
+from .merge import lump_fast_reactions, split_fast
 from .predictions import MBAMError, Predictions
 
 
@@ -138,19 +139,37 @@ def _apply(model: Model, limit: Limit, driver: str, sign: int, others) -> Model:
     compartments = tuple(replace(c, volume=transform(c.volume, f"volume of {c.name}")) for c in model.compartments)
     regions = tuple(r if r.volume is None else replace(r, volume=transform(r.volume, f"volume of region {r.name}"))
                     for r in model.regions)
-    reactions = []
+    reactions, fast = [], []
     for r in model.reactions:
-        rate = transform(r.rate, f"rate of reaction {r.name}")
+        what = f"rate of reaction {r.name}"
+        if sign > 0:  # rates growing like the driver are fast: lumped below
+            try:
+                e1, e0 = split_fast(sp.sympify(r.rate).xreplace(inlined).xreplace(subs_a), b, what)
+            except (NotImplementedError, sp.PoleError) as exc:
+                raise MBAMError(f"limit {b} -> oo: sympy cannot evaluate it for {what}: {exc}") from exc
+            if e1 != 0:
+                fast.append((r, e1))
+            rate = e0
+        else:
+            rate = transform(r.rate, what)
         if rate != 0:
             reactions.append(Reaction(r.name, rate, r.stoichiometry))
-    used = set().union(*(sp.sympify(e).free_symbols for e in
-                         [r.rate for r in reactions] + [e for _, e in assignments] + [c.volume for c in compartments]
-                         + [r.volume for r in regions if r.volume is not None]))
-    params = [p for p in model.parameters if p.name not in removed] + [c for c in new_params if c.symbol in used]
+    params = [p for p in model.parameters if p.name not in removed] + new_params
     positive = tuple(a for a in model.positive_assignments if a not in {str(s) for s in inlined})
-    return replace(model, name=f"{model.name}|{limit.describe()}", parameters=tuple(params), assignments=assignments,
-                   compartments=compartments, reactions=tuple(reactions), regions=regions,
-                   positive_assignments=positive)
+    out = replace(model, name=f"{model.name}|{limit.describe()}", parameters=tuple(params), assignments=assignments,
+                  compartments=compartments, reactions=tuple(reactions), regions=regions,
+                  positive_assignments=positive)
+    if fast:
+        out = lump_fast_reactions(out, b, fast, list(out.reactions))
+    unused = {c.name for c in new_params} - {str(x) for x in _used_symbols(out)}
+    return replace(out, parameters=tuple(p for p in out.parameters if p.name not in unused)) if unused else out
+
+
+def _used_symbols(model: Model) -> set:
+    """Symbols in the model's rates, assignments and volumes."""
+    exprs = ([r.rate for r in model.reactions] + [e for _, e in model.assignments]
+             + [c.volume for c in model.compartments] + [r.volume for r in model.regions if r.volume is not None])
+    return set().union(*(sp.sympify(e).free_symbols for e in exprs))
 
 
 # ------------------------------------------------------------------ the reduction loop
