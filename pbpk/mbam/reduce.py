@@ -4,14 +4,14 @@
 at the current fit theta*, (1) stop if the FIM is no longer sloppy (smallest eigenvalue
 >= `min_eigenvalue`, default 1: every direction known to within ~1 log-unit at the
 design's noise); (2) integrate geodesics along the given eigendirections (default: the
-sloppiest, forward then backward) until one ends at a limit that `apply_limit`
-supports; (3) apply it at the geodesic's end point (new combination parameters take
-their values there); (4) refit the reduced model's log-parameters to the *full*
-model's predictions r_full(theta*) (scipy `least_squares`, trust-region reflective,
-JAX Jacobian), same weights; (5) accept when the RMS residual per prediction
-<= `max_rms_sigma` (default 1 sigma), else stop with the previous model.  Every failure
-(no boundary, unsupported limit, failed solve) ends the loop with a message and the
-best model so far.
+sloppiest, forward then backward), one at a time; (3) apply the limit found at the
+geodesic's end point (new combination parameters take their values there); (4) refit
+the reduced model's log-parameters to the *full* model's predictions r_full(theta*)
+(scipy `least_squares`, trust-region reflective, JAX Jacobian), same weights; (5) accept
+when the RMS residual per prediction <= `max_rms_sigma` (default 1 sigma), else (and for
+a geodesic without boundary, an unsupported limit or a failed solve) record why and try
+the next direction; when none is accepted, stop with a message and the best model so
+far (never raising on a numerical failure).
 
 Supported limits (each gives a `Model` with one parameter fewer, or two fewer when the
 kept combination no longer appears):
@@ -178,7 +178,8 @@ def _used_symbols(model: Model) -> set:
 @dataclass(frozen=True)
 class ReductionStep:
     """One limit taken: the limit, the reduced model's parameter count, the refit cost
-    0.5*sum((r_reduced - r_full)^2) in sigma units and its RMS per prediction, timings (s)."""
+    0.5*sum((r_reduced - r_full)^2) in sigma units and its RMS per prediction, timings (s),
+    the FIM eigenvalues before the step and the number of free (fitted) parameters after."""
 
     limit: Limit
     n_parameters: int
@@ -187,6 +188,7 @@ class ReductionStep:
     geodesic_s: float
     refit_s: float
     fim_eigenvalues: tuple[float, ...]
+    n_free: int = 0
 
 
 @dataclass
@@ -210,7 +212,7 @@ class ReductionResult:
         lines.append("")
         for k, s in enumerate(self.steps, 1):
             lines += [f"step {k}: {s.limit.describe()} (alignment {s.limit.alignment:.3f})",
-                      f"  parameters: {s.n_parameters}; refit cost {s.cost:.4g}, RMS {s.rms_sigma:.3g} sigma; "
+                      f"  parameters: {s.n_parameters} ({s.n_free} free); refit cost {s.cost:.4g}, RMS {s.rms_sigma:.3g} sigma; "
                       f"geodesic {s.geodesic_s:.1f} s, refit {s.refit_s:.1f} s",
                       "  FIM eigenvalues at start: " + ", ".join(f"{e:.3g}" for e in s.fim_eigenvalues)]
         path = os.fspath(path)
@@ -220,10 +222,29 @@ class ReductionResult:
         os.replace(tmp, path)
 
 
+def _refit(pred: Predictions, current: Model, reduced: Model, target: np.ndarray, max_evaluations: int):
+    """Refit the reduced model's free log-parameters to the full model's predictions
+    `target` (scipy least_squares, trust-region reflective, JAX Jacobian): (free names,
+    OptimizeResult, the reduced model's Predictions).  MBAMError if a solve fails."""
+    free = [n for n in pred.free if n in reduced.parameter_names] + [
+        p.name for p in reduced.parameters if p.name not in current.parameter_names]
+    rp = pred.with_model(reduced, free)
+
+    def residual(x):
+        out = rp.r(x) - target
+        if not np.all(np.isfinite(out)):
+            raise MBAMError(f"the reduced model's solve failed during the refit at {dict(zip(free, np.exp(x)))}")
+        return out
+
+    fit = least_squares(residual, rp.theta0, jac=rp.jacobian_only, method="trf", max_nfev=max_evaluations)
+    return free, fit, rp
+
+
 def reduce(model: Model, schedules=None, times_h=None, *, predictions: Predictions | None = None,
            max_rms_sigma: float = 1.0, min_eigenvalue: float = 1.0, max_steps: int = 10,
            directions=((0, True), (0, False)), geodesic_options: dict | None = None,
-           max_refit_evaluations: int = 50, **prediction_options):
+           max_refit_evaluations: int = 50, log=None, time_budget_s: float | None = None,
+           **prediction_options):
     """Reduce `model` by MBAM for the design (schedules, times_h) or a prebuilt
     `predictions`; each step integrates geodesics from the current fit along
     `directions` ((eigen index, forward) pairs, tried in order) until one ends at a
@@ -231,8 +252,13 @@ def reduce(model: Model, schedules=None, times_h=None, *, predictions: Predictio
     predictions (scipy least_squares in log-parameters, JAX Jacobian) and accepts it
     when the RMS error per prediction <= `max_rms_sigma`.  Stops (never raising on a
     numerical failure) when the FIM is no longer sloppy (smallest eigenvalue >=
-    `min_eigenvalue`), no supported limit is found, the refit degrades beyond the
-    threshold, or after `max_steps`; `.model` is the best model so far."""
+    `min_eigenvalue`), no direction gives an acceptable limit, or after `max_steps`;
+    `.model` is the best model so far.  A limit whose refit misses the threshold is
+    recorded and the next direction is tried.  `log`: an optional callable receiving one
+    line per geodesic tried (progress of long runs); `time_budget_s`: no new step starts
+    after this many seconds (wall clock)."""
+    log = log or (lambda line: None)
+    started = time.perf_counter()
     if predictions is None:
         if schedules is None or times_h is None:
             raise MBAMError("reduce needs schedules and times_h (the measurement design), or predictions")
@@ -242,6 +268,9 @@ def reduce(model: Model, schedules=None, times_h=None, *, predictions: Predictio
     current, pred, theta = model, predictions, predictions.theta0
     geo_opts = {"rtol": 1e-3, "atol": 1e-3, **(geodesic_options or {})}
     for _ in range(max_steps):
+        if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
+            result.message = f"time budget of {time_budget_s:g} s spent after {len(result.steps)} steps"
+            return result
         try:
             fim = fisher_information(pred, theta)
         except MBAMError as exc:
@@ -251,47 +280,52 @@ def reduce(model: Model, schedules=None, times_h=None, *, predictions: Predictio
             result.message = (f"no sloppy direction left: smallest FIM eigenvalue {fim.eigenvalues[0]:.3g} >= "
                               f"{min_eigenvalue:g}")
             return result
-        reasons, found = [], None
-        t0 = time.perf_counter()
+        reasons, accepted = [], None
         step = len(result.steps) + 1
         for i, fwd in directions:
             if i >= len(theta):
                 continue
+            t0 = time.perf_counter()
             path = geodesic(pred, theta, i=i, forward=fwd, **geo_opts)
+            geo_s = time.perf_counter() - t0
+            tag = f"direction {i}{'+' if fwd else '-'}"
             if not path.reached_boundary:
-                reasons.append(f"direction {i}{'+' if fwd else '-'}: {path.message}")
+                reasons.append(f"{tag}: {path.message}")
                 result.attempts.append((step, i, fwd, path, None, path.message))
+                log(f"step {step}, {tag}: {path.message} ({geo_s:.1f} s)")
                 continue
             lim = identify_limit(pred, path)
+            t0 = time.perf_counter()
             try:
-                found = (lim, apply_limit(current.with_parameter_values(
-                    **{n: float(np.exp(x)) for n, x in zip(pred.free, path.end)}), lim), path)
-                result.attempts.append((step, i, fwd, path, lim, "limit applied"))
-                break
+                reduced = apply_limit(current.with_parameter_values(
+                    **{n: float(np.exp(x)) for n, x in zip(pred.free, path.end)}), lim)
+                free, fit, rp = _refit(pred, current, reduced, target, max_refit_evaluations)
             except (PBPKError, NotImplementedError, sp.PoleError) as exc:  # reported, not raised
-                reasons.append(f"direction {i}{'+' if fwd else '-'}: {lim.describe()}: {exc}")
+                reasons.append(f"{tag}: {lim.describe()}: {exc}")
                 result.attempts.append((step, i, fwd, path, lim, str(exc)))
-        geo_s = time.perf_counter() - t0
-        if found is None:
-            result.message = "no supported limit found; " + "; ".join(reasons)
+                log(f"step {step}, {tag}: {lim.describe()}: {exc}")
+                continue
+            refit_s = time.perf_counter() - t0
+            rms = float(np.sqrt(np.mean(fit.fun**2)))
+            if not np.isfinite(rms) or rms > max_rms_sigma:
+                note = f"refit misses the full model's predictions by RMS {rms:.3g} sigma > {max_rms_sigma:g}"
+                reasons.append(f"{tag}: {lim.describe()}: {note}")
+                result.attempts.append((step, i, fwd, path, lim, note))
+                log(f"step {step}, {tag}: {lim.describe()}: {note} (geodesic {geo_s:.1f} s, refit {refit_s:.1f} s)")
+                continue
+            result.attempts.append((step, i, fwd, path, lim, "limit applied"))
+            log(f"step {step}, {tag}: {lim.describe()}: applied, RMS {rms:.3g} sigma, {len(free)} free parameters "
+                f"(geodesic {geo_s:.1f} s, refit {refit_s:.1f} s)")
+            accepted = (lim, reduced, free, fit, rp, rms, geo_s, refit_s)
+            break
+        if accepted is None:
+            result.message = "no acceptable limit found; " + "; ".join(reasons)
             return result
-        lim, reduced, path = found
-        t0 = time.perf_counter()
-        free = [n for n in pred.free if n in reduced.parameter_names] + [
-            p.name for p in reduced.parameters if p.name not in current.parameter_names]
-        rp = pred.with_model(reduced, free)
-        fit = least_squares(lambda x: rp.r(x) - target, rp.theta0, jac=rp.jacobian_only, method="trf",
-                            max_nfev=max_refit_evaluations)
-        refit_s = time.perf_counter() - t0
-        rms = float(np.sqrt(np.mean(fit.fun**2)))
-        if not np.isfinite(rms) or rms > max_rms_sigma:
-            result.message = (f"stopped: the reduced model after {lim.describe()} misses the full model's predictions "
-                              f"by RMS {rms:.3g} sigma > {max_rms_sigma:g}")
-            return result
+        lim, reduced, free, fit, rp, rms, geo_s, refit_s = accepted
         current = reduced.with_parameter_values(**{n: float(np.exp(x)) for n, x in zip(free, fit.x)})
         pred, theta = rp, fit.x
         result.model = current
         result.steps.append(ReductionStep(lim, len(current.parameters), float(fit.cost), rms, geo_s, refit_s,
-                                          tuple(fim.eigenvalues)))
+                                          tuple(fim.eigenvalues), len(free)))
     result.message = f"reached max_steps = {max_steps}"
     return result
