@@ -11,18 +11,28 @@ refits the reduced model to the full model's predictions.
 
 Prints the FIM spectrum, one line per geodesic (time per geodesic and per refit), the
 reduced model's TIA against the full model for both schedules, and writes the report and
-the reduced model (SBML) to --output.
+the reduced model (SBML, with its free parameters in free.json) to --output.
+
+Virtual cohort (--cohort N): N patients drawn around the nominal values (log-normal,
+sd 0.3 on every free parameter of the full model).  Each patient's design predictions
+(the full model at its parameters, noise-free) are fitted by weighted least squares
+(scipy, same error model) with the reduced model and, for comparison, with the full
+model from the nominal values; prints the fit times and the TIA errors of every organ
+and lesion region against the patient's true full-model TIA, PET and therapy.
 
     .venv/bin/python benchmarks/bench_mbam_psma.py [--steps 40] [--budget-min 60] [--output DIR]
+    .venv/bin/python benchmarks/bench_mbam_psma.py --from DIR --cohort 8   # evaluate a saved reduction
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 import numpy as np
+from scipy.optimize import least_squares
 
 import pbpk
 from pbpk.mbam import Predictions, fisher_information, reduce
@@ -58,17 +68,72 @@ def tia_errors(full: pbpk.Model, reduced: pbpk.Model) -> list[str]:
     return lines
 
 
+def _tia(model, sched, params=None) -> dict[str, float]:
+    tr = pbpk.simulate(model, sched, [1.0], params or {})
+    nuc = tr.nuclides.index(sched[0].tracer.nuclide)
+    return {r: float(v) for r, v in zip(tr.regions, np.asarray(tr.region_tia_mbq_h)[nuc])}
+
+
+def _fit(pred: Predictions, target: np.ndarray):
+    t0 = time.perf_counter()
+    fit = least_squares(lambda x: pred.r(x) - target, pred.theta0, jac=pred.jacobian_only, method="trf", max_nfev=60)
+    return dict(zip(pred.free, np.exp(fit.x))), time.perf_counter() - t0, float(np.sqrt(np.mean(fit.fun**2)))
+
+
+def cohort(full: pbpk.Model, pred: Predictions, reduced: pbpk.Model, free, n: int, seed: int = 1) -> None:
+    """Virtual-cohort check of the reduced model (module docstring)."""
+    rp = pred.with_model(reduced, free)
+    rng = np.random.default_rng(seed)
+    skip = {"urine", "whole_body"}
+    errs = {"reduced": [], "full": []}
+    times = {"reduced": [], "full": []}
+    _fit(rp, pred.r(pred.theta0)), _fit(pred, pred.r(pred.theta0))  # compile both before timing
+    for k in range(n):
+        theta = pred.theta0 + 0.3 * rng.standard_normal(pred.theta0.size)
+        truth_params = dict(zip(pred.free, np.exp(theta)))
+        target = pred.r(theta)
+        line = [f"patient {k + 1}:"]
+        for name, p in (("reduced", rp), ("full", pred)):
+            values, seconds, rms = _fit(p, target)
+            times[name].append(seconds)
+            worst = 0.0
+            model = reduced if name == "reduced" else full
+            for sched in (PET, THERAPY):
+                true, got = _tia(full, sched, truth_params), _tia(model, sched, values)
+                rel = [abs(got[r] / true[r] - 1) for r in true if r not in skip and true[r] > 0]
+                errs[name].append(max(rel))
+                worst = max(worst, max(rel))
+            line.append(f"{name} fit {seconds:.1f} s, RMS {rms:.2g} sigma, worst organ/lesion TIA error "
+                        f"{100 * worst:.2f} %;")
+        print(" ".join(line), flush=True)
+    for name in ("reduced", "full"):
+        print(f"{name} model ({len(rp.free if name == 'reduced' else pred.free)} free): median fit "
+              f"{np.median(times[name]):.1f} s; organ/lesion TIA error over the cohort and both schedules: "
+              f"max {100 * max(errs[name]):.2f} %, median of per-patient max {100 * np.median(errs[name]):.2f} %")
+    print(f"fit time ratio full/reduced (median): {np.median(times['full']) / np.median(times['reduced']):.1f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--budget-min", type=float, default=60.0)
     ap.add_argument("--max-rms-sigma", type=float, default=0.2)
     ap.add_argument("--output", type=Path, default=Path("mbam-psma-output"))
+    ap.add_argument("--cohort", type=int, default=0, help="virtual patients for the TIA check (0: none)")
+    ap.add_argument("--from", dest="source", type=Path, help="evaluate the reduction saved in this folder")
     args = ap.parse_args()
-    args.output.mkdir(parents=True, exist_ok=True)
     model = pbpk.psma_model(tracers=["Ga-68-PSMA-11", "Lu-177-PSMA-617"], lesion_volumes_ml=[12, 50])
     t0 = time.perf_counter()
     pred = design(model)
+    if args.source is not None:
+        reduced = pbpk.from_sbml(args.source / "psma_reduced.xml")
+        free = json.loads((args.source / "free.json").read_text())
+        print(f"reduced model from {args.source}: {len(reduced.species)} species, {len(free)} free parameters")
+        for line in tia_errors(model, reduced):
+            print(line)
+        cohort(model, pred, reduced, free, args.cohort)
+        return
+    args.output.mkdir(parents=True, exist_ok=True)
     fim = fisher_information(pred)
     print(f"{len(model.species)} species, {len(pred.free)} free parameters, {pred.n_predictions} predictions; "
           f"predictions + FIM {time.perf_counter() - t0:.1f} s (with compilation)")
@@ -89,7 +154,10 @@ def main() -> None:
         print(line)
     res.report(args.output / "reduction.txt")
     pbpk.to_sbml(res.model, args.output / "psma_reduced.xml")
+    (args.output / "free.json").write_text(json.dumps(list(res.free)))
     print(f"report and reduced model (SBML) in {args.output}")
+    if args.cohort:
+        cohort(model, pred, res.model, res.free, args.cohort)
 
 
 if __name__ == "__main__":

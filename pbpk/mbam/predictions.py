@@ -192,17 +192,19 @@ class Predictions:
 
 
 def _jacobian_columns(r: Callable, theta):
-    """J = dr/dtheta column by column: `jax.lax.map` over the jvps of the unit vectors."""
-    return jax.lax.map(lambda e: jax.jvp(r, (theta,), (e,))[1], jnp.eye(theta.shape[0], dtype=theta.dtype)).T
+    """J = dr/dtheta: the jvps of all unit vectors at once (`jax.vmap` over the tangents,
+    as `jax.jacfwd`); the primal solve and its step-size control are shared, only the
+    tangent arithmetic is batched.  (With the block-arrow linear solves this is ~4x faster
+    than `jax.lax.map` over one tangent at a time: 0.22 s vs 0.95 s for 12 parameters of
+    the PSMA therapy solve; the reverse held with the dense LU.)"""
+    return jax.vmap(lambda e: jax.jvp(r, (theta,), (e,))[1])(jnp.eye(theta.shape[0], dtype=theta.dtype)).T
 
 
 def jet_function(r: Callable) -> Callable:
     """jit-compiled (theta, v) -> (r(theta), J(theta), A_vv(theta, v)) for a JAX function r.
 
-    J is built column by column with `jax.lax.map` over forward tangents (jvp of each unit
-    vector): through the diffrax solve this is ~15x faster than `jax.jacfwd`, whose
-    vmapped tangents batch the adaptive solver loop.  A_vv is the nested jvp
-    d/ds [J(theta + s v) v] at s = 0.
+    J is built from the forward tangents of all unit vectors (`_jacobian_columns`).  A_vv
+    is the nested jvp d/ds [J(theta + s v) v] at s = 0.
     """
 
     def jet(theta, v):

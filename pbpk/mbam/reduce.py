@@ -193,12 +193,14 @@ class ReductionStep:
 
 @dataclass
 class ReductionResult:
-    """`.model`: the last accepted (best) model; `.steps`: accepted steps; `.message`:
-    why the loop stopped; `.attempts`: every geodesic tried, with its limit and outcome."""
+    """`.model`: the last accepted (best) model; `.free`: its free log-parameters; `.steps`:
+    accepted steps; `.message`: why the loop stopped; `.attempts`: every geodesic tried,
+    with its limit and outcome."""
 
     model: Model
     steps: list = field(default_factory=list)
     message: str = ""
+    free: tuple = ()  # the free (fitted) log-parameters of `.model`
     attempts: list = field(default_factory=list)  # (step, eigen index, forward, Geodesic, Limit | None, note)
 
     def report(self, path) -> None:
@@ -264,7 +266,7 @@ def reduce(model: Model, schedules=None, times_h=None, *, predictions: Predictio
             raise MBAMError("reduce needs schedules and times_h (the measurement design), or predictions")
         predictions = Predictions.build(model, schedules, times_h, **prediction_options)
     target = predictions.r(predictions.theta0)
-    result = ReductionResult(model)
+    result = ReductionResult(model, free=tuple(predictions.free))
     current, pred, theta = model, predictions, predictions.theta0
     geo_opts = {"rtol": 1e-3, "atol": 1e-3, **(geodesic_options or {})}
     for _ in range(max_steps):
@@ -324,7 +326,7 @@ def reduce(model: Model, schedules=None, times_h=None, *, predictions: Predictio
         lim, reduced, free, fit, rp, rms, geo_s, refit_s = accepted
         current = reduced.with_parameter_values(**{n: float(np.exp(x)) for n, x in zip(free, fit.x)})
         pred, theta = rp, fit.x
-        result.model = current
+        result.model, result.free = current, tuple(free)
         result.steps.append(ReductionStep(lim, len(current.parameters), float(fit.cost), rms, geo_s, refit_s,
                                           tuple(fim.eigenvalues), len(free)))
     result.message = f"reached max_steps = {max_steps}"
