@@ -80,6 +80,30 @@ def _fit(pred: Predictions, target: np.ndarray):
     return dict(zip(pred.free, np.exp(fit.x))), time.perf_counter() - t0, float(np.sqrt(np.mean(fit.fun**2)))
 
 
+def speed(full: pbpk.Model, reduced: pbpk.Model, repeats: int = 5) -> str:
+    """Median time of one jitted therapy simulation (6 cycles, TIA), full vs reduced model,
+    each restricted to the therapy ligand."""
+    import jax
+
+    from pbpk.restrict import restrict_ligands
+
+    sched = pbpk.Schedule.cycles(6, activity_mbq=7400.0, ligand_nmol=90.0, interval_h=1008.0,
+                                 tracer="Lu-177-PSMA-617")
+    out = []
+    for model in (full, reduced):
+        model = restrict_ligands(model, ["PSMA-617"])
+        fn = jax.jit(lambda: pbpk.simulate(model, sched, [24.0]).region_tia_mbq_h)
+        fn().block_until_ready()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn().block_until_ready()
+            times.append(time.perf_counter() - t0)
+        out.append(float(np.median(times)))
+    return (f"6-cycle therapy simulation: full {1e3 * out[0]:.1f} ms, reduced {1e3 * out[1]:.1f} ms "
+            f"({out[0] / out[1]:.2f}x)")
+
+
 def cohort(full: pbpk.Model, pred: Predictions, reduced: pbpk.Model, free, n: int, seed: int = 1) -> None:
     """Virtual-cohort check of the reduced model (module docstring)."""
     rp = pred.with_model(reduced, free)
@@ -131,6 +155,7 @@ def main() -> None:
         print(f"reduced model from {args.source}: {len(reduced.species)} species, {len(free)} free parameters")
         for line in tia_errors(model, reduced):
             print(line)
+        print(speed(model, reduced))
         cohort(model, pred, reduced, free, args.cohort)
         return
     args.output.mkdir(parents=True, exist_ok=True)
@@ -152,7 +177,9 @@ def main() -> None:
               f"refit {np.median([s.refit_s for s in res.steps]):.1f} s; {len(geo)} geodesics in all")
     for line in tia_errors(model, res.model):
         print(line)
+    print(speed(model, res.model))
     res.report(args.output / "reduction.txt")
+    res.plot(args.output / "reduction.png")
     pbpk.to_sbml(res.model, args.output / "psma_reduced.xml")
     (args.output / "free.json").write_text(json.dumps(list(res.free)))
     print(f"report and reduced model (SBML) in {args.output}")

@@ -207,14 +207,19 @@ def test_toy_geodesic_reaches_rapid_binding_equilibrium(toy_predictions):
 
 @pytest.mark.slow
 def test_toy_reduction_step(toy_predictions, tmp_path):
-    """Backward sloppiest geodesic: kon -> 0 while both receptor densities -> infinity at
+    """Forward sloppiest geodesic: rapid binding equilibrium, refused (recorded, not
+    raised); then the backward one: kon -> 0 while both receptor densities -> infinity at
     fixed kon*R (linear uptake): applied, refitted, checked with pbpk.simulate."""
     from pbpk.mbam.reduce import reduce
 
     p = toy_predictions
     full = p.model
-    res = reduce(full, predictions=p, directions=((0, False),), max_steps=1, geodesic_options=dict(eig_drop=1e-2))
-    ((_, _, fwd, path, lim, note),) = res.attempts
+    lines = []
+    res = reduce(full, predictions=p, directions=((0, True), (0, False)), max_steps=1,
+                 geodesic_options=dict(eig_drop=1e-2), log=lines.append)
+    (_, _, _, _, first, refused), (_, _, fwd, path, lim, note) = res.attempts
+    assert first.kind == "ratio" and "not linear in the amounts" in refused
+    assert len(lines) == 2 and "applied" in lines[1]
     assert not fwd and path.status == "boundary" and note == "limit applied"
     assert lim.kind == "scaling" and lim.parameters[0] == "kon_l_nmol_h" and lim.signs == (-1, 1, 1)
     assert set(lim.parameters[1:]) == {"kidneys_rden_nmol_l", "lesion_1_rden_nmol_l"}
@@ -224,6 +229,7 @@ def test_toy_reduction_step(toy_predictions, tmp_path):
     assert len(reduced.parameters) == len(full.parameters) - 1
     assert "kon_l_nmol_h" not in reduced.parameter_names
     assert res.steps[0].rms_sigma <= 1.0
+    assert len(res.free) == res.steps[0].n_free == len(p.free) - 1
     sched = p.schedules[0]
     a = np.asarray(pbpk.simulate(reduced, sched, TIMES_H, tia=False).region_activity_mbq)
     b = np.asarray(pbpk.simulate(full, sched, TIMES_H, tia=False).region_activity_mbq)
@@ -231,6 +237,9 @@ def test_toy_reduction_step(toy_predictions, tmp_path):
     rel = np.abs(a[:, regions] - b[:, regions]) / np.abs(b[:, regions])
     assert rel.max() < 0.05  # measured 1.1 % (RMS 0.05 sigma with sigma = 10 % of the activity)
     res.report(tmp_path / "reduction.txt")
+    res.plot(tmp_path / "reduction.png")
+    assert (tmp_path / "reduction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reduction.png", "reduction.txt"]  # no temporary files
     text = (tmp_path / "reduction.txt").read_text()
     assert "kon_l_nmol_h -> 0" in text and "limit applied" in text
 

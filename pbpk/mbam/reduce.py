@@ -201,6 +201,7 @@ class ReductionResult:
     steps: list = field(default_factory=list)
     message: str = ""
     free: tuple = ()  # the free (fitted) log-parameters of `.model`
+    final_eigenvalues: tuple = ()  # FIM eigenvalues of `.model` (when the loop computed them)
     attempts: list = field(default_factory=list)  # (step, eigen index, forward, Geodesic, Limit | None, note)
 
     def report(self, path) -> None:
@@ -217,11 +218,49 @@ class ReductionResult:
                       f"  parameters: {s.n_parameters} ({s.n_free} free); refit cost {s.cost:.4g}, RMS {s.rms_sigma:.3g} sigma; "
                       f"geodesic {s.geodesic_s:.1f} s, refit {s.refit_s:.1f} s",
                       "  FIM eigenvalues at start: " + ", ".join(f"{e:.3g}" for e in s.fim_eigenvalues)]
-        path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines) + "\n")
+        if self.final_eigenvalues:
+            lines.append("FIM eigenvalues of the final model: " + ", ".join(f"{e:.3g}" for e in self.final_eigenvalues))
+        _write_atomic(path, lambda f: f.write("\n".join(lines) + "\n"), "w")
+
+    def plot(self, path) -> None:
+        """Write a PNG (atomically): left, the FIM eigenvalue spectrum before each step and of
+        the final model (the sloppiness ladder shrinking as limits are taken); right, the
+        refit RMS error (sigma units) of each reduced model against the full model."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(9.0, 4.0), dpi=90, layout="constrained")
+        FigureCanvasAgg(fig)
+        spectra = [s.fim_eigenvalues for s in self.steps] + ([self.final_eigenvalues] if self.final_eigenvalues else [])
+        left, right = fig.subplots(1, 2)
+        tiny = np.finfo(float).tiny
+        for k, ev in enumerate(spectra):
+            ev = np.maximum(np.asarray(ev, dtype=float), tiny)
+            left.hlines(ev, k - 0.3, k + 0.3, colors="C0", linewidth=1.0)
+        left.set_yscale("log")
+        labels = [str(k) for k in range(1, len(self.steps) + 1)] + (["final"] if self.final_eigenvalues else [])
+        left.set_xticks(range(len(spectra)), labels)
+        left.set_xlabel("before step")
+        left.set_ylabel("FIM eigenvalue")
+        steps = np.arange(1, len(self.steps) + 1)
+        right.plot(steps, [s.rms_sigma for s in self.steps], "o-")
+        right.set_xlabel("step (limit taken)")
+        right.set_ylabel("refit RMS error (sigma)")
+        right.set_title("free parameters after the last step: " + (str(self.steps[-1].n_free) if self.steps else "-"))
+        _write_atomic(path, lambda f: fig.savefig(f, format="png", metadata={"Software": None}), "wb")
+
+
+def _write_atomic(path, write, mode: str) -> None:
+    """Write a file via a temporary file in the same folder and os.replace (never half-written)."""
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
         os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def _refit(pred: Predictions, current: Model, reduced: Model, target: np.ndarray, max_evaluations: int):
@@ -278,6 +317,7 @@ def reduce(model: Model, schedules=None, times_h=None, *, predictions: Predictio
         except MBAMError as exc:
             result.message = f"FIM failed: {exc}"
             return result
+        result.final_eigenvalues = tuple(fim.eigenvalues)
         if fim.eigenvalues[0] >= min_eigenvalue:
             result.message = (f"no sloppy direction left: smallest FIM eigenvalue {fim.eigenvalues[0]:.3g} >= "
                               f"{min_eigenvalue:g}")
@@ -327,6 +367,7 @@ def reduce(model: Model, schedules=None, times_h=None, *, predictions: Predictio
         current = reduced.with_parameter_values(**{n: float(np.exp(x)) for n, x in zip(free, fit.x)})
         pred, theta = rp, fit.x
         result.model, result.free = current, tuple(free)
+        result.final_eigenvalues = ()  # the next iteration computes the new model's spectrum
         result.steps.append(ReductionStep(lim, len(current.parameters), float(fit.cost), rms, geo_s, refit_s,
                                           tuple(fim.eigenvalues), len(free)))
     result.message = f"reached max_steps = {max_steps}"
