@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sps
@@ -64,6 +65,12 @@ class DenseLU:
     def solve(self, factors, b: jnp.ndarray) -> jnp.ndarray:
         lu, perm = factors
         return lu_solve_permuted(lu, perm, b[:, None])[:, 0]
+
+    def matvec(self, jac: jnp.ndarray, shift, x: jnp.ndarray) -> jnp.ndarray:
+        """W x = shift x - J x (J dense, or its values at `rows`/`cols`)."""
+        if self.rows is not None:
+            return shift * x - jax.ops.segment_sum(jac * x[self.cols], self.rows, num_segments=self.n)
+        return shift * x - jac @ x
 
 
 def _gauss_jordan_inverse(blocks: jnp.ndarray) -> jnp.ndarray:
@@ -243,6 +250,10 @@ class BlockArrowSolve:
             per_group.append((b_inv, f, g))
         s_inv = jnp.linalg.inv(schur) if self.hubs.size else schur
         return tuple(per_group), s_inv, (w[self.sink_src], w[self.sink_diagonal])
+
+    def matvec(self, jac_values: jnp.ndarray, shift, x: jnp.ndarray) -> jnp.ndarray:
+        """W x = shift x - J x, J given at the pattern's entries (a segment sum)."""
+        return shift * x - jax.ops.segment_sum(jac_values * x[self.cols], self.rows, num_segments=self.n)
 
     def solve(self, factors, b: jnp.ndarray) -> jnp.ndarray:
         per_group, s_inv, (sink_off, sink_diag) = factors

@@ -23,6 +23,7 @@ from typing import Callable, ClassVar
 
 import diffrax
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 
 from .block_solve import DenseLU
@@ -57,11 +58,15 @@ class Rodas4(diffrax.AbstractAdaptiveSolver):
     linear_solver: factorises W = I/(h gamma) - J once per step and solves the six stage
     systems; the default is a dense pivoted LU, `pbpk.block_solve.BlockArrowSolve`
     exploits a sparse arrow-shaped pattern (J given at its structural entries; same
-    results to round-off, far fewer flops).
+    results to round-off, far fewer flops).  Both provide `factor`, `solve` and `matvec`.
+    implicit_tangents: forward-mode derivatives of the stage solves by the implicit
+    function rule (the factorisation is computed once and reused by every tangent) rather
+    than by differentiating the factorisation; for `jax.jvp`/`jax.jacfwd` only.
     """
 
     jacobian: Callable = eqx.field(static=True)
     linear_solver: object = eqx.field(static=True, default=DenseLU())
+    implicit_tangents: bool = eqx.field(static=True, default=False)
     term_structure: ClassVar = diffrax.AbstractTerm
     interpolation_cls: ClassVar = diffrax.ThirdOrderHermitePolynomialInterpolation
 
@@ -77,10 +82,22 @@ class Rodas4(diffrax.AbstractAdaptiveSolver):
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         h = t1 - t0
         f0 = jnp.where(made_jump, terms.vf(t0, y0, args), solver_state)
-        factors = self.linear_solver.factor(self.jacobian(t0, y0, args), 1.0 / (h * GAMMA))
+        jac, shift = self.jacobian(t0, y0, args), 1.0 / (h * GAMMA)
+        if self.implicit_tangents:
+            # forward-mode derivatives by the implicit-function rule dx = W^-1 (db - dW x)
+            # (`jax.lax.custom_linear_solve`): tangents reuse the factorisation instead of
+            # differentiating it; no transpose solve, so reverse mode is unavailable
+            solver = self.linear_solver
+            factors = solver.factor(jax.lax.stop_gradient(jac), jax.lax.stop_gradient(shift))
 
-        def solve(b):
-            return self.linear_solver.solve(factors, b)
+            def solve(b):
+                return jax.lax.custom_linear_solve(lambda x: solver.matvec(jac, shift, x), b,
+                                                   lambda _, r: solver.solve(factors, r))
+        else:
+            factors = self.linear_solver.factor(jac, shift)
+
+            def solve(b):
+                return self.linear_solver.solve(factors, b)
 
         ks = []
         for i in range(6):

@@ -460,7 +460,7 @@ def _postprocess(plan: _Plan, with_tia: bool, amounts, y_end, lam, times, event_
 
 def _make_solver(opts: SolverOptions, jacobian, linear_solver):
     if opts.method == "rodas4":
-        return Rodas4(jacobian=jacobian, linear_solver=linear_solver)
+        return Rodas4(jacobian=jacobian, linear_solver=linear_solver, implicit_tangents=opts.adjoint == "forward")
     if opts.method == "kvaerno5":
         return diffrax.Kvaerno5(
             root_finder=diffrax.with_stepsize_controller_tols(diffrax.VeryChord)(linear_solver=PermutedLU())
