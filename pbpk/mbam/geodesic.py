@@ -31,6 +31,9 @@ Stopping rules (first met wins; `Geodesic.status` names it):
 * "t_max" / "max_steps": the path ended without reaching a boundary;
 * "failed": the right-hand side was not finite (the ODE solve failed) or the step
   size collapsed; the path up to the last good point is kept.
+
+(`pbpk.mbam.reduce` also makes one-point paths with status "flat" for directions whose
+FIM eigenvalue is below the solver's noise floor.)
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ class Geodesic:
 
     @property
     def reached_boundary(self) -> bool:
-        return self.status in ("boundary", "diverged")
+        return self.status in ("boundary", "diverged", "flat")
 
     @property
     def end(self) -> np.ndarray:

@@ -4,8 +4,10 @@
 at the current fit theta*, (1) stop if the FIM is no longer sloppy (smallest eigenvalue
 >= `min_eigenvalue`, default 1: every direction known to within ~1 log-unit at the
 design's noise); (2) integrate geodesics along the given eigendirections (default: the
-sloppiest, forward then backward), one at a time; (3) apply the limit found at the
-geodesic's end point (new combination parameters take their values there); (4) refit
+sloppiest, forward then backward), one at a time (a flat direction, FIM eigenvalue
+below the noise floor, needs no geodesic: its limit is read off the eigenvector);
+(3) apply the limit found at the geodesic's end point (new combination parameters take
+their values there); (4) refit
 the reduced model's log-parameters to the *full* model's predictions r_full(theta*)
 (scipy `least_squares`, trust-region reflective, JAX Jacobian), same weights; (5) accept
 when the RMS residual per prediction <= `max_rms_sigma` (default 1 sigma), else (and for
@@ -49,8 +51,8 @@ from scipy.optimize import least_squares
 from ..errors import PBPKError
 from ..model import Model, Parameter, Reaction
 from .fisher import fisher_information
-from .geodesic import geodesic
-from .limits import Limit, identify_limit
+from .geodesic import Geodesic, geodesic
+from .limits import Limit, classify_direction, identify_limit
 from .merge import lump_fast_reactions, split_fast
 from .predictions import MBAMError, Predictions
 
@@ -263,6 +265,28 @@ def _write_atomic(path, write, mode: str) -> None:
         raise
 
 
+def _supported_form(lim: Limit) -> Limit:
+    """A general combination (several log-parameters diverging at different rates) is
+    approximated by its dominant part: the parameters with |u_i| >= 0.5 max|u| (then the
+    largest alone); the refit decides whether the approximation holds."""
+    for threshold in (0.5, 0.999):
+        if lim.kind != "combination":
+            break
+        lim = replace(classify_direction(lim.direction, lim.names, threshold=threshold), alignment=lim.alignment)
+    return lim
+
+
+def _flat_path(pred: Predictions, theta: np.ndarray, v: np.ndarray, eigenvalue: float) -> Geodesic:
+    """A 'geodesic' along a flat direction: with FIM eigenvalue below the solver's noise
+    floor the predictions do not depend on v at all, the manifold is flat along it and the
+    geodesic is the straight line theta + t v; its limit is read off v directly (the
+    refit then confirms it)."""
+    v = v / np.linalg.norm(v)
+    return Geodesic(tuple(pred.free), np.zeros(1), theta[None, :], v[None, :], np.zeros(1), np.array([eigenvalue]),
+                    np.zeros(1), "flat", f"flat direction (FIM eigenvalue {eigenvalue:.3g}): limit read off the "
+                                       f"eigenvector")
+
+
 def _refit(pred: Predictions, current: Model, reduced: Model, target: np.ndarray, max_evaluations: int):
     """Refit the reduced model's free log-parameters to the full model's predictions
     `target` (scipy least_squares, trust-region reflective, JAX Jacobian): (free names,
@@ -285,6 +309,7 @@ def reduce(model: Model, schedules=None, times_h=None, *, predictions: Predictio
            max_rms_sigma: float = 1.0, min_eigenvalue: float = 1.0, max_steps: int = 10,
            directions=((0, True), (0, False)), geodesic_options: dict | None = None,
            max_refit_evaluations: int = 50, log=None, time_budget_s: float | None = None,
+           flat_eigenvalue: float = 1e-8,
            **prediction_options):
     """Reduce `model` by MBAM for the design (schedules, times_h) or a prebuilt
     `predictions`; each step integrates geodesics from the current fit along
@@ -297,7 +322,10 @@ def reduce(model: Model, schedules=None, times_h=None, *, predictions: Predictio
     `.model` is the best model so far.  A limit whose refit misses the threshold is
     recorded and the next direction is tried.  `log`: an optional callable receiving one
     line per geodesic tried (progress of long runs); `time_budget_s`: no new step starts
-    after this many seconds (wall clock)."""
+    after this many seconds (wall clock).  `flat_eigenvalue`: directions whose FIM
+    eigenvalue is below it (default 1e-8: a unit log-change moves the predictions by
+    < 1e-4 sigma, the solver's noise floor) are flat; no geodesic is integrated (it would
+    follow solver noise), the limit is read off the eigenvector and checked by the refit."""
     log = log or (lambda line: None)
     started = time.perf_counter()
     if predictions is None:
@@ -328,7 +356,10 @@ def reduce(model: Model, schedules=None, times_h=None, *, predictions: Predictio
             if i >= len(theta):
                 continue
             t0 = time.perf_counter()
-            path = geodesic(pred, theta, i=i, forward=fwd, **geo_opts)
+            if fim.eigenvalues[i] < flat_eigenvalue:
+                path = _flat_path(pred, theta, fim.eigenvectors[:, i] * (1 if fwd else -1), fim.eigenvalues[i])
+            else:
+                path = geodesic(pred, theta, i=i, forward=fwd, **geo_opts)
             geo_s = time.perf_counter() - t0
             tag = f"direction {i}{'+' if fwd else '-'}"
             if not path.reached_boundary:
@@ -336,7 +367,7 @@ def reduce(model: Model, schedules=None, times_h=None, *, predictions: Predictio
                 result.attempts.append((step, i, fwd, path, None, path.message))
                 log(f"step {step}, {tag}: {path.message} ({geo_s:.1f} s)")
                 continue
-            lim = identify_limit(pred, path)
+            lim = _supported_form(identify_limit(pred, path))
             t0 = time.perf_counter()
             try:
                 reduced = apply_limit(current.with_parameter_values(
