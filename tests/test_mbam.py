@@ -341,3 +341,35 @@ def test_unsupported_limits_raise_a_clear_error():
     fold = classify_direction(np.ones(2), ("a", "b"))
     with pytest.raises(MBAMError, match="not supported"):
         apply_limit(full, type(fold)("equal", ("kon_l_nmol_h", "koff_per_h"), (0, 0), (), 1.0, ()))
+
+
+def test_general_combination_is_approximated_by_its_dominant_parameters():
+    from pbpk.mbam.reduce import _supported_form
+
+    names = ("muscle_kps", "skin_kps", "rest_kps")
+    lim = classify_direction(np.array([-0.29, 0.95, 0.08]), names)
+    assert lim.kind == "combination"  # 0.29/0.95 >= 0.25 but the pair ratio 3.3 > 2
+    simple = _supported_form(lim)
+    assert (simple.kind, simple.parameters, simple.signs) == ("infinity", ("skin_kps",), (1,))
+    pair = _supported_form(classify_direction(np.array([0.6, 0.7, -0.2]), names))
+    assert pair.kind == "ratio" and set(pair.parameters) == {"muscle_kps", "skin_kps"}
+
+
+@pytest.mark.slow
+def test_flat_directions_take_their_limit_from_the_eigenvector(toy_predictions):
+    """With every direction declared flat (flat_eigenvalue above the whole spectrum) no
+    geodesic is integrated: the limits come from the eigenvectors and the refit decides.
+    The toy's sloppiest direction is not flat (eigenvalue 5e-5): the limit read off its
+    eigenvector (kon -> 0, densities -> infinity, taken from the start point rather than
+    a geodesic's end) misses the full model, so the step is refused and the full model
+    kept, with the reason."""
+    from pbpk.mbam.reduce import reduce
+
+    p = toy_predictions
+    res = reduce(p.model, predictions=p, directions=((0, True), (0, False)), max_steps=1, flat_eigenvalue=1e9)
+    assert [a[3].status for a in res.attempts] == ["flat", "flat"]
+    assert "not linear" in res.attempts[0][5]  # kon, koff -> infinity: refused
+    lim, note = res.attempts[1][4], res.attempts[1][5]
+    assert lim.parameters[0] == "kon_l_nmol_h" and lim.signs[0] == -1
+    assert note.startswith("refit misses the full model's predictions by RMS")
+    assert res.steps == [] and res.model is p.model and res.message.startswith("no acceptable limit found")
