@@ -14,7 +14,7 @@ from pbpk.mbam.fisher import fisher_from_jacobian, fisher_information
 from pbpk.mbam.geodesic import geodesic, initial_velocity
 from pbpk.mbam.limits import classify_direction, identify_limit
 from pbpk.mbam.predictions import FunctionPredictions, MBAMError, Predictions
-from toy_models import TRACER, receptor_toy_model
+from toy_models import TRACER, limit_on, receptor_toy_model
 
 mbam = pytest.importorskip("mbam")
 from mbam.finite_difference import AvvCD4, Avv_func  # noqa: E402
@@ -299,20 +299,12 @@ def test_bad_inputs_raise_mbam_error(toy_predictions):
 
 
 # ------------------------------------------------------------- limits on the model (reduce)
-def _limit_on(model, directions):
-    names = model.parameter_names
-    u = np.zeros(len(names))
-    for n, s in directions.items():
-        u[names.index(n)] = s
-    return classify_direction(u, names)
-
-
 def test_rate_constant_to_zero_removes_reactions_and_matches_the_full_model():
     import sympy as sp
     from pbpk.mbam.reduce import apply_limit
 
     full = receptor_toy_model()
-    reduced = apply_limit(full, _limit_on(full, {"koff_per_h": -1}))  # irreversible binding
+    reduced = apply_limit(full, limit_on(full, {"koff_per_h": -1}))  # irreversible binding
     assert len(reduced.parameters) == len(full.parameters) - 1 and "koff_per_h" not in reduced.parameter_names
     assert {r.name for r in full.reactions} - {r.name for r in reduced.reactions} == {
         f"{t}_unbind_{f}" for t in ("kidneys", "lesion_1") for f in ("hot", "cold")}
@@ -321,7 +313,7 @@ def test_rate_constant_to_zero_removes_reactions_and_matches_the_full_model():
     b = np.asarray(pbpk.simulate(full, schedule, TIMES_H, {"koff_per_h": 1e-9}, tia=False).region_activity_mbq)
     assert np.abs(a - b).max() <= 1e-6 * np.abs(b).max()
     # kon -> 0, kidney receptor density -> infinity at fixed kon * R: linear (unsaturable) uptake
-    lin = apply_limit(full, _limit_on(full, {"kon_l_nmol_h": -1, "kidneys_rden_nmol_l": 1}))
+    lin = apply_limit(full, limit_on(full, {"kon_l_nmol_h": -1, "kidneys_rden_nmol_l": 1}))
     (new,) = set(lin.parameter_names) - set(full.parameter_names)
     c = sp.Symbol(new)
     assert len(lin.parameters) == len(full.parameters) - 1 and set(full.parameter_names) - set(lin.parameter_names) == {
@@ -337,7 +329,7 @@ def test_unsupported_limits_raise_a_clear_error():
 
     full = receptor_toy_model()
     with pytest.raises(MBAMError, match="koff_per_h -> oo is not supported.*kidneys_bind"):
-        apply_limit(full, _limit_on(full, {"kon_l_nmol_h": 1, "koff_per_h": 1}))  # rapid equilibrium
+        apply_limit(full, limit_on(full, {"kon_l_nmol_h": 1, "koff_per_h": 1}))  # rapid equilibrium
     fold = classify_direction(np.ones(2), ("a", "b"))
     with pytest.raises(MBAMError, match="not supported"):
         apply_limit(full, type(fold)("equal", ("kon_l_nmol_h", "koff_per_h"), (0, 0), (), 1.0, ()))

@@ -9,10 +9,9 @@ import pytest
 import sympy as sp
 
 import pbpk
-from pbpk.mbam.limits import classify_direction
 from pbpk.mbam.predictions import MBAMError
 from pbpk.mbam.reduce import apply_limit
-from toy_models import LIGAND, TRACER, receptor_toy_model
+from toy_models import LIGAND, TRACER, limit_on, receptor_toy_model
 
 TIMES_H = [0.5, 4.0, 24.0, 96.0]
 SCHEDULE = pbpk.Schedule([pbpk.Administration(0.0, 7400.0, 90.0, TRACER)])
@@ -58,14 +57,6 @@ def exchange_model() -> pbpk.Model:
     return b.build()
 
 
-def _limit(model, directions):
-    names = model.parameter_names
-    u = np.zeros(len(names))
-    for n, s in directions.items():
-        u[names.index(n)] = s
-    return classify_direction(u, names)
-
-
 def _tia(model, overrides=None):
     tr = pbpk.simulate(model, SCHEDULE, TIMES_H, overrides or {}, options=TIGHT)
     return {r: float(v) for r, v in zip(tr.regions, np.asarray(tr.region_tia_mbq_h)[0])}, tr
@@ -73,7 +64,7 @@ def _tia(model, overrides=None):
 
 def test_fast_exchange_merges_vascular_and_interstitial_spaces():
     full = exchange_model()
-    reduced = apply_limit(full, _limit(full, {"ps_per_h": 1}))
+    reduced = apply_limit(full, limit_on(full, {"ps_per_h": 1}))
     assert "ps_per_h" not in reduced.parameter_names
     assert {"vas_int__hot", "vas_int__cold"} <= set(reduced.species_names)
     assert not {"vas__hot", "int__hot", "vas__cold", "int__cold"} & set(reduced.species_names)
@@ -100,7 +91,7 @@ def test_fast_exchange_merges_vascular_and_interstitial_spaces():
 def test_fast_irreversible_transfer_empties_its_source():
     """k_transit -> infinity: the filtrate is emptied at once; its inflow goes to the urine."""
     full = exchange_model()
-    reduced = apply_limit(full, _limit(full, {"k_transit_per_h": 1}))
+    reduced = apply_limit(full, limit_on(full, {"k_transit_per_h": 1}))
     assert not {"filtrate__hot", "filtrate__cold"} & set(reduced.species_names)
     stoich = {r.name: dict(r.stoichiometry) for r in reduced.reactions}
     assert stoich["filter_hot"] == {"plasma__hot": -1.0, "urine__hot": 1.0}
@@ -117,20 +108,20 @@ def test_ratio_limit_with_a_fast_exchange_keeps_the_partition_coefficient():
     with a message naming the region."""
     full = exchange_model()
     with pytest.raises(MBAMError, match="region 'blood' holds only part"):
-        apply_limit(full, _limit(full, {"flow_l_h": 1, "ps_per_h": 1}))
+        apply_limit(full, limit_on(full, {"flow_l_h": 1, "ps_per_h": 1}))
 
 
 def test_nonlinear_fast_reaction_and_split_region_are_refused():
     toy = receptor_toy_model()
     with pytest.raises(MBAMError, match="not linear in the amounts"):
-        apply_limit(toy, _limit(toy, {"kon_l_nmol_h": 1, "koff_per_h": 1}))  # rapid binding equilibrium
+        apply_limit(toy, limit_on(toy, {"kon_l_nmol_h": 1, "koff_per_h": 1}))  # rapid binding equilibrium
     with pytest.raises(MBAMError, match="holds only part"):
-        apply_limit(toy, _limit(toy, {"kidneys_k_in_per_h": 1, "kidneys_k_out_per_h": 1}))
+        apply_limit(toy, limit_on(toy, {"kidneys_k_in_per_h": 1, "kidneys_k_out_per_h": 1}))
 
 
 def test_lumped_model_round_trips_through_sbml(tmp_path):
     full = exchange_model()
-    reduced = apply_limit(full, _limit(full, {"ps_per_h": 1}))
+    reduced = apply_limit(full, limit_on(full, {"ps_per_h": 1}))
     path = pbpk.to_sbml(reduced, tmp_path / "reduced.xml")
     back = pbpk.from_sbml(path)
     assert set(back.species_names) == set(reduced.species_names)

@@ -61,3 +61,15 @@ def receptor_toy_model() -> pbpk.Model:
     b.dose_target(LIGAND, "Lu-177", "plasma_hot")
     b.dose_target(LIGAND, None, "plasma_cold")
     return b.build()
+
+
+def limit_on(model: pbpk.Model, directions: dict[str, int]):
+    """The `pbpk.mbam.Limit` of a unit direction with the given signs (+1: -> infinity,
+    -1: -> 0) on the named parameters (the others 0)."""
+    from pbpk.mbam.limits import classify_direction
+
+    names = model.parameter_names
+    u = np.zeros(len(names))
+    for n, s in directions.items():
+        u[names.index(n)] = s
+    return classify_direction(u, names)
