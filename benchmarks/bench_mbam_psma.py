@@ -60,7 +60,7 @@ def tia_errors(full: pbpk.Model, reduced: pbpk.Model) -> list[str]:
         a = pbpk.simulate(full, sched, [1.0])
         b = pbpk.simulate(reduced, sched, [1.0])
         ta, tb = np.asarray(a.region_tia_mbq_h), np.asarray(b.region_tia_mbq_h)
-        nuc = a.nuclides.index(sched[0].tracer.nuclide)
+        nuc = a.nuclides.index(sched.tracers[0].nuclide)
         rel = {r: tb[nuc, k] / ta[nuc, k] - 1 for k, r in enumerate(a.regions) if ta[nuc, k] > 0}
         worst = max(rel, key=lambda r: abs(rel[r]))
         lines.append(f"{name}: TIA reduced vs full, max |error| {100 * abs(rel[worst]):.2f} % ({worst}); "
@@ -70,7 +70,7 @@ def tia_errors(full: pbpk.Model, reduced: pbpk.Model) -> list[str]:
 
 def _tia(model, sched, params=None) -> dict[str, float]:
     tr = pbpk.simulate(model, sched, [1.0], params or {})
-    nuc = tr.nuclides.index(sched[0].tracer.nuclide)
+    nuc = tr.nuclides.index(sched.tracers[0].nuclide)
     return {r: float(v) for r, v in zip(tr.regions, np.asarray(tr.region_tia_mbq_h)[nuc])}
 
 
@@ -175,14 +175,14 @@ def main() -> None:
     if res.steps:
         print(f"median per accepted step: geodesics {np.median([s.geodesic_s for s in res.steps]):.1f} s, "
               f"refit {np.median([s.refit_s for s in res.steps]):.1f} s; {len(geo)} geodesics in all")
-    for line in tia_errors(model, res.model):
-        print(line)
-    print(speed(model, res.model))
     res.report(args.output / "reduction.txt")
     res.plot(args.output / "reduction.png")
     pbpk.to_sbml(res.model, args.output / "psma_reduced.xml")
     (args.output / "free.json").write_text(json.dumps(list(res.free)))
     print(f"report and reduced model (SBML) in {args.output}")
+    for line in tia_errors(model, res.model):
+        print(line)
+    print(speed(model, res.model))
     if args.cohort:
         cohort(model, pred, res.model, res.free, args.cohort)
 
