@@ -19,13 +19,13 @@ MathML printer and libsbml's MathML reader; nothing is evaluated as text.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 import sympy as sp
 from sympy.printing.mathml import MathMLContentPrinter
 
+from .atomic import write_atomic
 from .errors import ModelError
 from .model import Model
 
@@ -177,11 +177,4 @@ def to_sbml(model: Model, path: str | os.PathLike) -> Path:
 
     if doc.checkInternalConsistency() and doc.getNumErrors(libsbml.LIBSBML_SEV_ERROR):
         raise ModelError(f"SBML export of {model.name!r} is inconsistent: {doc.getErrorLog().toString()}")
-    path = Path(path)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent or ".", suffix=".xml.tmp", delete=False) as tmp:
-        tmp.write(libsbml.writeSBMLToString(doc))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp.name, 0o666 & ~umask)  # a normal file, not the private mode of a temp file
-    os.replace(tmp.name, path)
-    return path
+    return write_atomic(path, lambda f: f.write(libsbml.writeSBMLToString(doc)))

@@ -7,9 +7,9 @@ design's noise); (2) integrate geodesics along the given eigendirections (defaul
 sloppiest, forward then backward), one at a time (a flat direction, FIM eigenvalue
 below the noise floor, needs no geodesic: its limit is read off the eigenvector);
 (3) apply the limit found at the geodesic's end point (new combination parameters take
-their values there); (4) refit
-the reduced model's log-parameters to the *full* model's predictions r_full(theta*)
-(scipy `least_squares`, trust-region reflective, JAX Jacobian), same weights; (5) accept
+their values there); (4) refit the reduced model's log-parameters to the *full* model's
+predictions r_full(theta*) (scipy `least_squares`, trust-region reflective, JAX
+Jacobian), same weights; (5) accept
 when the RMS residual per prediction <= `max_rms_sigma` (default 1 sigma), else (and for
 a geodesic without boundary, an unsupported limit or a failed solve) record why and try
 the next direction; when none is accepted, stop with a message and the best model so
@@ -39,8 +39,6 @@ first, so every expression is written in parameters only where the limit acts.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 
@@ -48,6 +46,7 @@ import numpy as np
 import sympy as sp
 from scipy.optimize import least_squares
 
+from ..atomic import write_atomic
 from ..errors import PBPKError
 from ..model import Model, Parameter, Reaction
 from .fisher import fisher_information
@@ -217,12 +216,12 @@ class ReductionResult:
         lines.append("")
         for k, s in enumerate(self.steps, 1):
             lines += [f"step {k}: {s.limit.describe()} (alignment {s.limit.alignment:.3f})",
-                      f"  parameters: {s.n_parameters} ({s.n_free} free); refit cost {s.cost:.4g}, RMS {s.rms_sigma:.3g} sigma; "
-                      f"geodesic {s.geodesic_s:.1f} s, refit {s.refit_s:.1f} s",
+                      f"  parameters: {s.n_parameters} ({s.n_free} free); refit cost {s.cost:.4g}, "
+                      f"RMS {s.rms_sigma:.3g} sigma; geodesic {s.geodesic_s:.1f} s, refit {s.refit_s:.1f} s",
                       "  FIM eigenvalues at start: " + ", ".join(f"{e:.3g}" for e in s.fim_eigenvalues)]
         if self.final_eigenvalues:
             lines.append("FIM eigenvalues of the final model: " + ", ".join(f"{e:.3g}" for e in self.final_eigenvalues))
-        _write_atomic(path, lambda f: f.write("\n".join(lines) + "\n"), "w")
+        write_atomic(path, lambda f: f.write("\n".join(lines) + "\n"), "w")
 
     def plot(self, path) -> None:
         """Write a PNG (atomically): left, the FIM eigenvalue spectrum before each step and of
@@ -249,20 +248,7 @@ class ReductionResult:
         right.set_xlabel("step (limit taken)")
         right.set_ylabel("refit RMS error (sigma)")
         right.set_title("free parameters after the last step: " + (str(self.steps[-1].n_free) if self.steps else "-"))
-        _write_atomic(path, lambda f: fig.savefig(f, format="png", metadata={"Software": None}), "wb")
-
-
-def _write_atomic(path, write, mode: str) -> None:
-    """Write a file via a temporary file in the same folder and os.replace (never half-written)."""
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        write_atomic(path, lambda f: fig.savefig(f, format="png", metadata={"Software": None}), "wb")
 
 
 def _supported_form(lim: Limit) -> Limit:
