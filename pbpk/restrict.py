@@ -48,7 +48,14 @@ def restrict_ligands(model: Model, ligands: Iterable[str]) -> Model:
     regions = tuple(dataclasses.replace(reg, species=tuple(s for s in reg.species if s not in removed))
                     for reg in model.regions)  # every region kept (empty ones report 0), so region names match
     targets = {k: v for k, v in model.dose_targets.items() if k[0] in keep}
+    extra = {}
+    if hasattr(model, "initial_amounts"):  # an imported SBMLModel: its initial amounts go with their species
+        nonzero = [s for s, a in model.initial_amounts if s in removed and not sp.sympify(a).is_zero]
+        if nonzero:
+            raise ModelError(f"model {model.name!r}: cannot remove species {nonzero[:3]} of the other ligands: "
+                             f"they have non-zero initial amounts")
+        extra["initial_amounts"] = tuple((s, a) for s, a in model.initial_amounts if s not in removed)
     return dataclasses.replace(
         model, name=f"{model.name}[{','.join(sorted(keep))}]",
         species=tuple(s for s in model.species if s.name not in removed), reactions=tuple(reactions),
-        regions=tuple(regions), dose_targets=targets)
+        regions=tuple(regions), dose_targets=targets, **extra)

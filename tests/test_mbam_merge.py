@@ -129,3 +129,15 @@ def test_lumped_model_round_trips_through_sbml(tmp_path):
     again, _ = _tia(back)
     for region in ours:
         assert again[region] == pytest.approx(ours[region], rel=1e-8), region
+
+
+def test_reloaded_model_restricts_to_one_ligand(tmp_path):
+    """A model read back from SBML (with its zero initial amounts) restricts to one ligand
+    like the model it was written from."""
+    from pbpk.restrict import restrict_ligands
+
+    full = pbpk.psma_model(tracers=["Ga-68-PSMA-11", "Lu-177-PSMA-617"], lesion_volumes_ml=[12])
+    back = pbpk.from_sbml(pbpk.to_sbml(full, tmp_path / "both.xml"))
+    only = restrict_ligands(back, ["PSMA-617"])
+    assert set(only.species_names) == set(restrict_ligands(full, ["PSMA-617"]).species_names)
+    assert {s for s, _ in only.initial_amounts} <= set(only.species_names)
