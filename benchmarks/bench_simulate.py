@@ -6,7 +6,8 @@ Case (issue 2): full PSMA model, 2 lesions, one 7.4 GBq / 90 nmol 177Lu-PSMA-617
 and the ratios:
   * single simulation after JIT (ours: block-arrow linear solves, and the dense LU for
     comparison) vs one scipy BDF solve;
-  * throughput of jax.vmap over 256 virtual patients (time per patient) vs scipy.
+  * throughput of jax.vmap over 256 virtual patients (time per patient) vs scipy, and of
+    `pbpk.simulate_cohort` (the same patients in one lockstep solve).
 Also checks that both methods agree (max relative difference of organ TACs).
 
 Run:  python benchmarks/bench_simulate.py [--patients 256 [4096 ...]] [--repeats 5] [--no-kvaerno]
@@ -74,14 +75,22 @@ def main():
 
     # ---- ours: vmapped virtual cohorts (one compilation per cohort size)
     batched = jax.jit(jax.vmap(lambda p: pbpk.simulate(model, schedule, times, p, tia=False, options=opts).region_activity_mbq))
+    # ---- ours: the same cohorts in one lockstep solve (pbpk.simulate_cohort)
+    lockstep = jax.jit(lambda p: pbpk.simulate_cohort(model, schedule, times, p, tia=False, options=opts).region_activity_mbq)
     batch_results = []
     for n in args.patients:
         cohort = virtual_cohort(model, n)
         t0 = time.perf_counter()
-        jax.block_until_ready(batched(cohort))
+        by_vmap = np.asarray(jax.block_until_ready(batched(cohort)))
         compile_batched = time.perf_counter() - t0
         t_batch = median_time(lambda: jax.block_until_ready(batched(cohort)), max(1, args.repeats // 2))
-        batch_results.append((n, compile_batched, t_batch))
+        t0 = time.perf_counter()
+        by_lockstep = np.asarray(jax.block_until_ready(lockstep(cohort)))
+        compile_lockstep = time.perf_counter() - t0
+        t_lockstep = median_time(lambda: jax.block_until_ready(lockstep(cohort)), max(1, args.repeats // 2))
+        floor = 1e-6 * np.abs(by_vmap).max()
+        agreement = float(np.max(np.abs(by_lockstep - by_vmap) / np.maximum(np.abs(by_vmap), floor)))
+        batch_results.append((n, compile_batched, t_batch, compile_lockstep, t_lockstep, agreement))
 
     # ---- scipy BDF, same right-hand side and the JAX Jacobian
     c = compile_model(model)
@@ -123,10 +132,15 @@ def main():
     print(f"ratio scipy / ours single:           {t_scipy / t_single:9.1f} x")
     if t_single_kv is not None:
         print(f"ratio scipy / ours single Kvaerno5:  {t_scipy / t_single_kv:9.1f} x")
-    for n, compile_batched, t_batch in batch_results:
+    for n, compile_batched, t_batch, compile_lockstep, t_lockstep, agreement in batch_results:
         per_patient = t_batch / n
         print(f"ours vmap x{n} (per patient): {per_patient * 1e3:9.3f} ms  (batch {t_batch:.2f} s, "
               f"compile {compile_batched:.1f} s); ratio scipy / ours batched: {t_scipy / per_patient:7.1f} x")
+        per_patient = t_lockstep / n
+        print(f"ours simulate_cohort x{n} (lockstep, per patient): {per_patient * 1e3:9.3f} ms  (batch "
+              f"{t_lockstep:.2f} s, compile {compile_lockstep:.1f} s); ratio scipy / ours lockstep: "
+              f"{t_scipy / per_patient:7.1f} x; vs vmap {t_batch / t_lockstep:.2f} x faster, max relative "
+              f"difference {agreement:.1e}")
     print(f"max relative TAC difference ours vs scipy: {worst:.2e}")
 
 

@@ -28,15 +28,19 @@ jax.config.update("jax_enable_x64", True)
 
 
 def _lambdify(args, exprs) -> Callable:
-    """SymPy -> JAX: a function of 1-D arrays (one per symbol list in `args`) returning the
-    stacked values of `exprs`.  Arrays are split into scalars with static indices before
-    the generated code unpacks them (iterating a traced array is not always allowed)."""
+    """SymPy -> JAX: a function of arrays (one per symbol list in `args`, symbols along the
+    first axis, any trailing batch axes) returning the stacked values of `exprs`.  Arrays
+    are split along the first axis with static indices before the generated code unpacks
+    them (iterating a traced array is not always allowed)."""
     fn = sp.lambdify(args, list(exprs), modules="jax", cse=True)
 
     def stacked(*arrays):
         scalars = [[a[i] for i in range(len(syms))] for a, syms in zip(arrays, args)]
-        out = fn(*scalars)
-        return jnp.stack([jnp.asarray(v, dtype=jnp.float64) for v in out]) if out else jnp.zeros((0,))
+        out = [jnp.asarray(v, dtype=jnp.float64) for v in fn(*scalars)]
+        if not out:
+            return jnp.zeros((0,))
+        shape = jnp.broadcast_shapes(*(v.shape for v in out))  # constants next to batched values
+        return jnp.stack([jnp.broadcast_to(v, shape) for v in out])
 
     return stacked
 
@@ -250,9 +254,18 @@ class CompiledModel:
             b = jnp.asarray(st[:, [t[0] for t in constant]]) @ c[:n_c]
         tables = self._sparse_tables
         a_values = jnp.asarray(tables["lin_to_entry"]) @ c[n_c:n_c + n_l] if linear else jnp.zeros(tables["rows"].size)
+        return self.kinetics_from((a_values, b, c[n_c + n_l:], p, d))
+
+    def kinetics_from(self, arrays: tuple) -> "Kinetics":
+        """`Kinetics` from its parameter-dependent arrays (`Kinetics.arrays`: a_values, b,
+        cq, p, d), e.g. those of many parameter sets stacked along a trailing axis by
+        `jax.vmap(..., out_axes=-1)`: `field` and `jacobian_values` then take amounts of
+        shape (n_species, n_sets) and evaluate every set at once."""
+        _, _, quadratic, other = self._terms
         q_idx = np.array([[t[1], t[2]] for t in quadratic], dtype=int).reshape(-1, 2)
-        return Kinetics(a_values, b, c[n_c + n_l:], q_idx, st[:, other], self._other_species,
-                        self._other_rates if other else None, p, d, tables)
+        a_values, b, cq, p, d = arrays
+        return Kinetics(a_values, b, cq, q_idx, self.stoichiometry[:, other], self._other_species,
+                        self._other_rates if other else None, p, d, self._sparse_tables)
 
     def vector_field(self, p: jnp.ndarray, d: jnp.ndarray) -> Callable[[jnp.ndarray], jnp.ndarray]:
         """Return y -> dy/dt (nmol/h) for fixed parameters (plain JAX: exact jvp/grad)."""
@@ -316,8 +329,15 @@ class CompiledModel:
                 raise ParameterError(f"{a} = {v} with these parameters; expected > 0 (a balance no longer closes)")
 
 
+def _rowwise(coefficients: np.ndarray, like) -> np.ndarray:
+    """Constant per-row coefficients shaped to multiply arrays like `like` (rows first,
+    then any batch axes)."""
+    return coefficients.reshape(coefficients.shape + (1,) * (like.ndim - 1))
+
+
 class Kinetics:
-    """dy/dt = A y + b + Q (c * y[i1] * y[i2]) + S_o r_o(y) for one parameter set.
+    """dy/dt = A y + b + Q (c * y[i1] * y[i2]) + S_o r_o(y) for one parameter set (or for
+    many, stacked along trailing axes of every array: see `with_arrays`).
 
     A (1/h) holds the first-order fluxes, kept as its values at the structural Jacobian
     entries (`a_values`), b the zero-order ones, the quadratic terms (e.g. ligand x free
@@ -338,14 +358,20 @@ class Kinetics:
         self.p, self.d = p, d
         self.tables = tables
 
+    @property
+    def arrays(self) -> tuple:
+        """(a_values, b, cq, p, d): the parameter-dependent arrays, a pytree that can be
+        vmapped over parameter sets (`CompiledModel.kinetics_from` puts them back)."""
+        return self.a_values, self.b, self.cq, self.p, self.d
+
     def jacobian_values(self, y):
         """J(y) at the structural entries `CompiledModel.jacobian_entries` (1/h)."""
         t = self.tables
         values = self.a_values
         if self.cq.shape[0]:
             slopes = jnp.concatenate([self.cq * y[self.i2], self.cq * y[self.i1]])
-            values = values + jax.ops.segment_sum(t["quad_entry_coef"] * slopes[t["quad_slots"]], t["quad_entries"],
-                                                  values.shape[0], indices_are_sorted=True)
+            values = values + jax.ops.segment_sum(_rowwise(t["quad_entry_coef"], y) * slopes[t["quad_slots"]],
+                                                  t["quad_entries"], values.shape[0], indices_are_sorted=True)
         if self.other_rates is not None:
             values = values + t["other_to_entry"] @ self.other_rates[2](y[self.other_species], self.p, self.d)
         return values
@@ -371,7 +397,7 @@ class Kinetics:
             out = jax.ops.segment_sum(a_values * y[t["cols"]], t["rows"], n, indices_are_sorted=True) + b
             if cq.shape[0]:
                 flux = cq * y[self.i1] * y[self.i2]
-                out = out + jax.ops.segment_sum(t["quad_coef"] * flux[t["quad_terms"]], t["quad_rows"], n,
+                out = out + jax.ops.segment_sum(_rowwise(t["quad_coef"], y) * flux[t["quad_terms"]], t["quad_rows"], n,
                                                 indices_are_sorted=True)
             if self.other_rates is not None:
                 out = out + self.s_other @ self.other_rates[0](y[self.other_species], p, d)

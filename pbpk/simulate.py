@@ -36,7 +36,7 @@ from dose.nuclides import AVOGADRO_PER_MOL
 
 from .compile import CompiledModel, compile_model
 from .errors import PBPKError, ScheduleError, SolverError
-from .block_solve import BlockArrowSolve, DenseLU
+from .block_solve import BlockArrowSolve, DenseLU, LockstepSolve
 from .linear_solver import PermutedLU
 from .rosenbrock import Rodas4
 from .model import Model, decay_parameter_name
@@ -82,13 +82,15 @@ class SolverOptions:
     pcoeff: float | None = None
     icoeff: float | None = None
 
-    def controller(self) -> diffrax.PIDController:
+    def controller(self, norm=None) -> diffrax.PIDController:
         """Step-size controller: the integral (I) controller for Rodas4, whose embedded
-        error estimate is smooth; the PI settings recommended by diffrax for Kvaerno5."""
+        error estimate is smooth; the PI settings recommended by diffrax for Kvaerno5.
+        norm: the error norm (diffrax's RMS norm by default)."""
         default = (0.0, 1.0) if self.method == "rodas4" else (0.3, 0.4)
         pcoeff = default[0] if self.pcoeff is None else self.pcoeff
         icoeff = default[1] if self.icoeff is None else self.icoeff
-        return diffrax.PIDController(rtol=self.rtol, atol=self.atol, pcoeff=pcoeff, icoeff=icoeff)
+        extra = {} if norm is None else dict(norm=norm)
+        return diffrax.PIDController(rtol=self.rtol, atol=self.atol, pcoeff=pcoeff, icoeff=icoeff, **extra)
 
 
 @jax.tree_util.register_dataclass
@@ -314,12 +316,13 @@ def _build_plan(model: Model, schedule: Schedule, structure) -> _Plan:
                  cols[4].astype(bool), scale_of_row, species_form, quadrature_form)
 
 
-def _initial_amounts(model: Model, schedule: Schedule, params) -> np.ndarray:
+def _initial_amounts(model: Model, schedule: Schedule, params, varied=()) -> np.ndarray:
     """Species amounts (nmol) just before the first administration: zero, or the model's
     own initial amounts (SBML imports), which are taken to hold at t = 0, so the schedule
     must then start at t = 0 (an administration of 0 MBq serves as a start marker).  They
     are evaluated at the default parameters with the concrete entries of `params`; a traced
-    parameter that an initial amount depends on is refused."""
+    parameter (or one of `varied`, parameters that differ between the sets of a cohort)
+    that an initial amount depends on is refused."""
     n = len(model.species)
     initial = tuple(getattr(model, "initial_amounts", ()))
     if not any(sp.sympify(expr).is_zero is not True for _, expr in initial):
@@ -329,9 +332,9 @@ def _initial_amounts(model: Model, schedule: Schedule, params) -> np.ndarray:
             f"model {model.name!r} has initial amounts, which hold at t = 0, but the schedule starts at "
             f"{schedule.first_time_h} h; add an administration at t = 0 (0 MBq is allowed)")
     used = set().union(*(sp.sympify(expr).free_symbols for _, expr in initial))
-    traced = [k for k, v in (params or {}).items() if isinstance(v, jax.core.Tracer)]
+    traced = [k for k, v in (params or {}).items() if isinstance(v, jax.core.Tracer)] + list(varied)
     if any(sp.Symbol(k) in used for k in traced):
-        raise PBPKError(f"model {model.name!r}: initial amounts depend on traced parameters "
+        raise PBPKError(f"model {model.name!r}: initial amounts depend on traced or varied parameters "
                         f"{[k for k in traced if sp.Symbol(k) in used]}; they must be concrete values")
     concrete = {k: float(v) for k, v in (params or {}).items() if k not in traced}
     return np.asarray(model.initial_amounts_nmol(concrete), dtype=np.float64)
@@ -355,50 +358,69 @@ def _dose_amounts(plan: _Plan, lam, activity, total) -> jnp.ndarray:
 
 
 # ---------------------------------------------------------------------- core
-@eqx.filter_jit
-def _solve(plan: _Plan, opts: SolverOptions, with_tia: bool, p, times, event_times, t_end, activity, total, y_init):
-    """Pure JAX (jitted per plan): amounts at `times` and the full state at t_end.
-
-    Returns (amounts (n_times, n_species), y_end (n_species + n_quadratures), ok, lambda,
-    dose-row amounts (nmol));
-    the TIA quadratures are part of the state only when `with_tia`.
-    """
+def _setup(plan: _Plan, with_tia: bool, p, activity, total, y_init):
+    """Per parameter set (pure JAX): the kinetics' arrays, the solver's scale s (the state
+    is z = y / s, s = largest dose of each species' ligand form), the scaled dose rows
+    (n_events, n_state), z(0), the decay constants (1/h) and the dose-row amounts (nmol)."""
     c = plan.compiled
     d = c.assignments(p)
     lam = p[plan.lambda_index]  # (n_nuclides,) 1/h
     n_sp = len(c.model.species)
-    region_hot_np = plan.region_hot if with_tia else plan.region_hot[:0]
-    n_q = region_hot_np.shape[0]
-    region_hot = jnp.asarray(region_hot_np)
+    n_q = plan.region_hot.shape[0] if with_tia else 0
     amount = _dose_amounts(plan, lam, activity, total)
     doses = jnp.zeros((plan.n_events, n_sp + n_q)).at[plan.dose_event, plan.dose_species].add(amount)
-
-    # solve for z = y / scale, scale = largest dose of each species' ligand form
     form_scale = jnp.max(jnp.asarray(plan.scale_of_row) * amount[None, :], axis=1)
     initial_scale = jax.ops.segment_max(jnp.abs(y_init), jnp.asarray(plan.species_form),
                                         num_segments=plan.scale_of_row.shape[0])
     form_scale = jnp.maximum(form_scale, initial_scale)
     form_scale = jnp.where(form_scale > 0, form_scale, 1.0)
     scale = jnp.concatenate([form_scale[plan.species_form], form_scale[plan.quadrature_form[:n_q]]])
-    doses = doses / scale
+    z0 = jnp.concatenate([y_init, jnp.zeros(n_q)]) / scale
+    return c.kinetics(p, d).arrays, scale, doses / scale, z0, lam, amount
 
-    kinetics = c.kinetics(p, d)
+
+def _lockstep_norm(error):
+    """Step-size control norm of a lockstep solve: the largest over the parameter sets
+    (last axis) of each set's RMS error, so every set meets the tolerances."""
+    return jnp.max(jnp.sqrt(jnp.mean(jnp.square(error), axis=0)))
+
+
+def _integrate(plan: _Plan, opts: SolverOptions, with_tia: bool, kinetics_arrays, scale, doses, z0, times,
+               event_times, t_end, lockstep: bool):
+    """The stiff solve from `_setup`'s output: amounts (nmol) at `times`
+    (n_times, n_species), the state at t_end (n_species + n_quadratures) and a success
+    flag.  With `lockstep`, every array carries the parameter sets along a last axis and
+    one solve with one step-size sequence (controlled by `_lockstep_norm`) serves them all
+    (`LockstepSolve` for the linear algebra); the flag is then per set."""
+    c = plan.compiled
+    n_sp = len(c.model.species)
+    region_hot = jnp.asarray(plan.region_hot if with_tia else plan.region_hot[:0])
+    kinetics = c.kinetics_from(kinetics_arrays)
     species_field = kinetics.field
 
     def vector_field(t, z, args):
         amounts = z[:n_sp] * scale[:n_sp]
         return jnp.concatenate([species_field(amounts), region_hot @ amounts]) / scale
 
-    if opts.linear_solve == "auto" and opts.method == "rodas4":
+    if opts.method == "rodas4" and (opts.linear_solve == "auto" or lockstep):
         linear_solver, rows, cols, quad_values = plan.linear_system(with_tia)
+        if opts.linear_solve == "dense":
+            linear_solver = DenseLU(rows, cols, linear_solver.n)
+        if lockstep:
+            linear_solver = LockstepSolve(linear_solver)
         entry_scale = scale[cols] / scale[rows]
 
         def jacobian(t, z, args):
             """d(dz/dt)/dz = diag(1/s) [[J(y), 0], [R, 0]] diag(s) at the pattern's entries."""
             j_species = kinetics.jacobian_values(z[:n_sp] * scale[:n_sp])
-            return jnp.concatenate([j_species, jnp.asarray(quad_values)]) * entry_scale
+            quad = jnp.broadcast_to(quad_values.reshape((-1,) + (1,) * (z.ndim - 1)),
+                                    (quad_values.size,) + z.shape[1:])
+            return jnp.concatenate([j_species, quad]) * entry_scale
+    elif lockstep:
+        raise PBPKError(f"a lockstep solve needs SolverOptions(method='rodas4'), got {opts.method!r}")
     else:
         linear_solver = DenseLU()
+        n_q = region_hot.shape[0]
 
         def jacobian(t, z, args):
             """d(dz/dt)/dz = diag(1/s) [[J(y), 0], [R, 0]] diag(s), y = s z, dense."""
@@ -409,7 +431,7 @@ def _solve(plan: _Plan, opts: SolverOptions, with_tia: bool, p, times, event_tim
 
     term = diffrax.ODETerm(vector_field)
     solver = _make_solver(opts, jacobian, linear_solver)
-    controller = opts.controller()
+    controller = opts.controller(norm=_lockstep_norm if lockstep else None)
     adjoint = diffrax.ForwardMode() if opts.adjoint == "forward" else diffrax.RecursiveCheckpointAdjoint()
     seg_t1 = jnp.concatenate([event_times[1:], jnp.reshape(t_end, (1,))])
     last = jnp.arange(plan.n_events) == plan.n_events - 1
@@ -424,15 +446,41 @@ def _solve(plan: _Plan, opts: SolverOptions, with_tia: bool, p, times, event_tim
             stepsize_controller=controller, max_steps=opts.max_steps, throw=False, adjoint=adjoint,
         )
         in_seg = (times >= t0) & ((times < t1) | is_last)
-        out = jnp.where(in_seg[:, None], sol.ys[:-1], out)
+        out = jnp.where(in_seg.reshape(in_seg.shape + (1,) * (out.ndim - 1)), sol.ys[:-1], out)
         ok = ok & (sol.result == diffrax.RESULTS.successful)
         return (sol.ys[-1], out, ok), None
 
-    y0 = jnp.concatenate([y_init, jnp.zeros(n_q)]) / scale
-    out0 = jnp.zeros((times.shape[0], n_sp + n_q))
-    (y_end, out, ok), _ = jax.lax.scan(segment, (y0, out0, jnp.asarray(True)), (doses, event_times, seg_t1, last))
-    ok = ok & jnp.all(jnp.isfinite(out)) & jnp.all(jnp.isfinite(y_end))
-    return out[:, :n_sp] * scale[:n_sp], y_end * scale, ok, lam, amount
+    out0 = jnp.zeros((times.shape[0],) + z0.shape)
+    (z_end, out, ok), _ = jax.lax.scan(segment, (z0, out0, jnp.asarray(True)), (doses, event_times, seg_t1, last))
+    ok = ok & jnp.all(jnp.isfinite(out), axis=(0, 1)) & jnp.all(jnp.isfinite(z_end), axis=0)
+    return out[:, :n_sp] * scale[:n_sp], z_end * scale, ok
+
+
+@eqx.filter_jit
+def _solve(plan: _Plan, opts: SolverOptions, with_tia: bool, p, times, event_times, t_end, activity, total, y_init):
+    """Pure JAX (jitted per plan): amounts at `times` and the full state at t_end.
+
+    Returns (amounts (n_times, n_species), y_end (n_species + n_quadratures), ok, lambda,
+    dose-row amounts (nmol));
+    the TIA quadratures are part of the state only when `with_tia`.
+    """
+    arrays, scale, doses, z0, lam, amount = _setup(plan, with_tia, p, activity, total, y_init)
+    amounts, y_end, ok = _integrate(plan, opts, with_tia, arrays, scale, doses, z0, times, event_times, t_end,
+                                    lockstep=False)
+    return amounts, y_end, ok, lam, amount
+
+
+@eqx.filter_jit
+def _solve_lockstep(plan: _Plan, opts: SolverOptions, with_tia: bool, p, times, event_times, t_end, activity, total,
+                    y_init):
+    """`_solve` for parameter sets p (n_sets, n_parameters) under one schedule, in one
+    lockstep solve; every output gains a leading set axis."""
+    setup = jax.vmap(lambda q: _setup(plan, with_tia, q, activity, total, y_init), out_axes=-1)
+    arrays, scale, doses, z0, lam, amount = setup(p)
+    amounts, y_end, ok = _integrate(plan, opts, with_tia, arrays, scale, doses, z0, times, event_times, t_end,
+                                    lockstep=True)
+    return (jnp.moveaxis(amounts, -1, 0), jnp.moveaxis(y_end, -1, 0), ok, jnp.moveaxis(lam, -1, 0),
+            jnp.moveaxis(amount, -1, 0))
 
 
 @eqx.filter_jit
@@ -493,6 +541,64 @@ def simulate(
     """
     schedule = as_schedule(schedule)
     y_init = _initial_amounts(model, schedule, params)
+    run = _run_inputs(model, schedule, times_h, tia)
+    c = run.plan.compiled
+    p = c.parameter_vector(params)
+    concrete = not isinstance(p, jax.core.Tracer)
+    if concrete and check:
+        c.check_parameters(np.asarray(p))
+    amounts, y_end, ok, lam, doses_nmol = _solve(run.plan, options, bool(tia), p, *run.solve_arguments(y_init))
+    message = _failure_message(model, options)
+    if check and concrete:
+        if not bool(ok):
+            raise SolverError(message)
+    elif check:
+        amounts = eqx.error_if(amounts, ~ok, message)
+    return run.trajectory(model, amounts, y_end, ok, lam, doses_nmol, _postprocess)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What a solve needs besides the parameters: the plan, output times (h), the solve's
+    end (h) and the schedule's arrays."""
+
+    schedule: Schedule
+    plan: _Plan
+    tia: bool
+    times: np.ndarray
+    t_end: float
+    event_times: np.ndarray
+    activity: np.ndarray
+    total: np.ndarray
+
+    def solve_arguments(self, y_init) -> tuple:
+        """(times, event_times, t_end, activity, total, y_init) as `_solve` takes them."""
+        return (jnp.asarray(self.times), jnp.asarray(self.event_times), jnp.asarray(self.t_end),
+                jnp.asarray(self.activity), jnp.asarray(self.total), jnp.asarray(y_init))
+
+    def trajectory(self, model: Model, amounts, y_end, ok, lam, doses_nmol, postprocess) -> Trajectory:
+        """The `Trajectory` from a solve's outputs; `postprocess` is `_postprocess` or a
+        vmap of it (then every array has a leading parameter-set axis)."""
+        plan, times = self.plan, self.times
+        activity, tia_values, urine_fraction = postprocess(
+            plan, self.tia, amounts, y_end, lam, jnp.asarray(times), jnp.asarray(self.event_times), doses_nmol)
+        injected = np.zeros((len(plan.nuclides), times.size))  # activity injected so far, per nuclide
+        for i, nuc in enumerate(plan.nuclides):
+            for time_h, mbq in self.schedule.injected_activity_mbq(nuc):
+                injected[i] += np.where(times >= time_h, mbq, 0.0)
+        lead = jnp.shape(ok)  # () or (n_sets,)
+        return Trajectory(
+            times_h=jnp.broadcast_to(times, lead + times.shape), amounts_nmol=amounts, region_activity_mbq=activity,
+            region_tia_mbq_h=tia_values, injected_mbq=jnp.broadcast_to(injected, lead + injected.shape),
+            urine_ligand_fraction=urine_fraction, solver_ok=jnp.asarray(ok), species=model.species_names,
+            regions=model.region_names, nuclides=plan.nuclides, ligands=plan.ligands,
+        )
+
+
+def _run_inputs(model: Model, schedule: Schedule, times_h, tia: bool) -> _Run:
+    """Checks the output times against the schedule and fixes the solve's end: the last
+    output time, or with `tia` the last administration + `TAIL_HALF_LIVES` half-lives of
+    the longest-lived nuclide."""
     times = np.asarray(times_h, dtype=np.float64)
     if times.ndim != 1 or times.size == 0 or not np.all(np.isfinite(times)):
         raise ScheduleError("times_h must be a non-empty 1-D sequence of finite times (h)")
@@ -503,41 +609,14 @@ def simulate(
             f"output time {times[0]} h is before the first administration at {schedule.first_time_h} h"
         )
     plan = _plan(model, schedule)
-    c = plan.compiled
-    p = c.parameter_vector(params)
-    concrete = not isinstance(p, jax.core.Tracer)
-    if concrete and check:
-        c.check_parameters(np.asarray(p))
-
-    decay_constants = np.asarray(c.default_parameters)[plan.lambda_index]
+    decay_constants = np.asarray(plan.compiled.default_parameters)[plan.lambda_index]
     longest_half_life_h = float(np.log(2) / np.min(decay_constants)) if decay_constants.size else 0.0
     last = max(float(times[-1]), schedule.last_time_h)
     t_end = schedule.last_time_h + TAIL_HALF_LIVES * longest_half_life_h if tia else last
-    t_end = max(t_end, last)
+    event_times, activity, total = _schedule_arrays(schedule)
+    return _Run(schedule, plan, bool(tia), times, max(t_end, last), event_times, activity, total)
 
-    event_times, admin_activity, admin_total = _schedule_arrays(schedule)
-    amounts, y_end, ok, lam, doses_nmol = _solve(plan, options, bool(tia), p, jnp.asarray(times), jnp.asarray(event_times),
-                                     jnp.asarray(t_end), jnp.asarray(admin_activity), jnp.asarray(admin_total),
-                                     jnp.asarray(y_init))
-    message = (
-        f"pbpk solver failed for model {model.name!r} (step-size collapse, max_steps={options.max_steps} "
-        f"reached or non-finite state); check parameters, or loosen rtol/atol"
-    )
-    if check and concrete:
-        if not bool(ok):
-            raise SolverError(message)
-    elif check:
-        amounts = eqx.error_if(amounts, ~ok, message)
 
-    activity, tia_values, urine_fraction = _postprocess(
-        plan, bool(tia), amounts, y_end, lam, jnp.asarray(times), jnp.asarray(event_times), doses_nmol)
-    injected = np.zeros((len(plan.nuclides), times.size))  # activity injected so far, per nuclide
-    for i, nuc in enumerate(plan.nuclides):
-        for time_h, mbq in schedule.injected_activity_mbq(nuc):
-            injected[i] += np.where(times >= time_h, mbq, 0.0)
-
-    return Trajectory(
-        times_h=jnp.asarray(times), amounts_nmol=amounts, region_activity_mbq=activity,
-        region_tia_mbq_h=tia_values, injected_mbq=jnp.asarray(injected), urine_ligand_fraction=urine_fraction,
-        solver_ok=jnp.asarray(ok), species=model.species_names, regions=model.region_names, nuclides=plan.nuclides, ligands=plan.ligands,
-    )
+def _failure_message(model: Model, options: SolverOptions) -> str:
+    return (f"pbpk solver failed for model {model.name!r} (step-size collapse, max_steps={options.max_steps} "
+            f"reached or non-finite state); check parameters, or loosen rtol/atol")

@@ -7,6 +7,7 @@ import pytest
 import sympy as sp
 
 import pbpk
+from toy_models import michaelis_menten_model
 from pbpk.compile import compile_model
 
 
@@ -70,27 +71,7 @@ def test_non_polynomial_rate_model_matches_analytic_solution():
     compare with scipy on the same symbolic right-hand side."""
     from scipy.integrate import solve_ivp
 
-    b = pbpk.ModelBuilder("mm")
-    vmax = b.parameter("vmax_nmol_h", 2.0, "nmol/h", source="test")
-    km = b.parameter("km_nmol", 1.5, "nmol", source="test")
-    k = b.parameter("k_per_h", 0.3, "1/h", source="test")
-    b.parameter("lambda_lu_177_per_h", np.log(2) / 159.528, "1/h", source="ICRP-107")
-    b.compartment("plasma", 1.0)
-    b.compartment("tissue", 1.0)
-    x = b.species("x_hot", "plasma", ligand="PSMA-617", nuclide="Lu-177")
-    xc = b.species("x_cold", "plasma", ligand="PSMA-617")
-    t = b.species("t_hot", "tissue", ligand="PSMA-617", nuclide="Lu-177")
-    tc = b.species("t_cold", "tissue", ligand="PSMA-617")
-    lam = sp.Symbol("lambda_lu_177_per_h")
-    for a, s_, name in ((x, t, "hot"), (xc, tc, "cold")):
-        b.transfer(f"uptake_{name}", vmax * a / (km + x + xc), str(a), str(s_))
-        b.transfer(f"back_{name}", k * s_, str(s_), str(a))
-    b.transfer("decay_p", lam * x, "x_hot", "x_cold")
-    b.transfer("decay_t", lam * t, "t_hot", "t_cold")
-    b.region("tissue", ["t_hot", "t_cold"], 1.0)
-    b.dose_target("PSMA-617", "Lu-177", "x_hot")
-    b.dose_target("PSMA-617", None, "x_cold")
-    model = b.build()
+    model = michaelis_menten_model()
     assert len(compile_model(model)._terms[3]) == 2  # the two Michaelis-Menten rates
     sched = pbpk.Schedule([pbpk.Administration(0.0, 727.0, 5.0, "Lu-177-PSMA-617")])
     times = np.linspace(0.5, 24.0, 6)

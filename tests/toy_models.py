@@ -63,6 +63,33 @@ def receptor_toy_model() -> pbpk.Model:
     return b.build()
 
 
+def michaelis_menten_model() -> pbpk.Model:
+    """Saturable (Michaelis-Menten) uptake of hot and cold ligand competing for one
+    transporter, first-order return, decay: 4 species, non-polynomial rates (the general
+    rate path of `pbpk.compile`).  Round illustrative values (test fixture)."""
+    b = pbpk.ModelBuilder("mm")
+    vmax = b.parameter("vmax_nmol_h", 2.0, "nmol/h", source="test")
+    km = b.parameter("km_nmol", 1.5, "nmol", source="test")
+    k = b.parameter("k_per_h", 0.3, "1/h", source="test")
+    b.parameter("lambda_lu_177_per_h", np.log(2) / 159.528, "1/h", source="ICRP-107")
+    b.compartment("plasma", 1.0)
+    b.compartment("tissue", 1.0)
+    x = b.species("x_hot", "plasma", ligand="PSMA-617", nuclide="Lu-177")
+    xc = b.species("x_cold", "plasma", ligand="PSMA-617")
+    t = b.species("t_hot", "tissue", ligand="PSMA-617", nuclide="Lu-177")
+    tc = b.species("t_cold", "tissue", ligand="PSMA-617")
+    lam = sp.Symbol("lambda_lu_177_per_h")
+    for a, s_, name in ((x, t, "hot"), (xc, tc, "cold")):
+        b.transfer(f"uptake_{name}", vmax * a / (km + x + xc), str(a), str(s_))
+        b.transfer(f"back_{name}", k * s_, str(s_), str(a))
+    b.transfer("decay_p", lam * x, "x_hot", "x_cold")
+    b.transfer("decay_t", lam * t, "t_hot", "t_cold")
+    b.region("tissue", ["t_hot", "t_cold"], 1.0)
+    b.dose_target("PSMA-617", "Lu-177", "x_hot")
+    b.dose_target("PSMA-617", None, "x_cold")
+    return b.build()
+
+
 def limit_on(model: pbpk.Model, directions: dict[str, int]):
     """The `pbpk.mbam.Limit` of a unit direction with the given signs (+1: -> infinity,
     -1: -> 0) on the named parameters (the others 0)."""
