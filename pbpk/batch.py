@@ -24,8 +24,9 @@ import numpy as np
 from .errors import ScheduleError
 from .model import Model
 from .schedule import Schedule, as_schedule
+from .cohort import _parameter_matrix
 from .simulate import (TAIL_HALF_LIVES, SolverOptions, _initial_amounts, _plan, _postprocess, _schedule_arrays,
-                       _solve)
+                       _solve, _solve_lockstep)
 
 
 @jax.tree_util.register_dataclass
@@ -123,6 +124,33 @@ def solve_batch(model: Model, structure_of: Schedule, arrays: BatchArrays, param
         jnp.asarray(a.total_nmol), jnp.asarray(a.y_init))
     return ScheduleBatch(times_h=jnp.asarray(a.times_h), region_activity_mbq=region_activity,
                          region_tia_mbq_h=region_tia, solver_ok=ok, regions=model.region_names, nuclides=plan.nuclides)
+
+
+def solve_batch_lockstep(model: Model, structure_of: Schedule, arrays: BatchArrays, params: Mapping[str, object],
+                         *, tia: bool = True, options: SolverOptions = SolverOptions()) -> ScheduleBatch:
+    """`solve_batch` for many parameter sets at once: `params` maps names to scalars or
+    1-D arrays over N sets (as `pbpk.simulate_cohort`), and each schedule's solve is one
+    lockstep solve of all N sets (`pbpk.cohort`).  Arrays gain a leading set axis:
+    region_activity_mbq (N, n_schedules, n_nuclides, n_regions, n_times),
+    region_tia_mbq_h (N, n_schedules, n_nuclides, n_regions), solver_ok (N, n_schedules)
+    (a failed lockstep solve is False for every set of that schedule).  Pure JAX in `params`
+    and `arrays`, like `solve_batch`."""
+    plan = _plan(model, structure_of)
+    p_sets, _ = _parameter_matrix(model, params)
+
+    def one(t, ev, te, act, tot, y0):
+        amounts, y_end, ok, lam, doses = _solve_lockstep(plan, options, bool(tia), p_sets, t, ev, te, act, tot, y0)
+        post = jax.vmap(lambda a, y, la, d: _postprocess(plan, bool(tia), a, y, la, t, ev, d)[:2])
+        region_activity, region_tia = post(amounts, y_end, lam, doses)
+        return region_activity, region_tia, ok
+
+    a = arrays
+    region_activity, region_tia, ok = jax.vmap(one)(
+        jnp.asarray(a.times_h), jnp.asarray(a.event_times_h), jnp.asarray(a.t_end_h), jnp.asarray(a.activity_mbq),
+        jnp.asarray(a.total_nmol), jnp.asarray(a.y_init))
+    return ScheduleBatch(times_h=jnp.asarray(a.times_h), region_activity_mbq=jnp.moveaxis(region_activity, 0, 1),
+                         region_tia_mbq_h=jnp.moveaxis(region_tia, 0, 1), solver_ok=jnp.moveaxis(ok, 0, 1),
+                         regions=model.region_names, nuclides=plan.nuclides)
 
 
 def simulate_schedules(model: Model, schedules: Sequence[Schedule], times_h, params: Mapping[str, object] | None = None,

@@ -106,6 +106,31 @@ def test_region_doses_are_the_operator_on_independent_solves(twin, model):
     assert np.all(np.isnan(out.bed_gy[:, 0, j]))
 
 
+def test_outcomes_in_lockstep_equal_vmapped_draws_and_a_failing_draw_is_flagged_alone(twin, model):
+    """Draws solved in lockstep (one stacked solve) give the vmapped per-draw outcomes; a
+    draw that cannot be solved (NaN parameters) fails the lockstep solve, and the fallback
+    to per-draw solves flags that draw alone."""
+    from dose.metrics import RADIOBIOLOGY_DEFAULTS
+    from twin.outcomes import outcome_arrays
+
+    draws = np.asarray(twin.posterior.parameter_draws(6, seed=1))
+    schedules = {"2 cycles": therapy(2), "3 cycles": therapy(3, 6000.0)}
+    op = twin.dose_operator("Lu-177", model)
+    args = (model, twin.posterior.problem.parameters, draws, schedules, op, {"kidneys": RADIOBIOLOGY_DEFAULTS["kidneys"]})
+    options = pbpk.SolverOptions(max_steps=3000)
+    together = outcome_arrays(*args, options=options, lockstep=True)
+    apart = outcome_arrays(*args, options=options, lockstep=False)
+    assert together.solver_ok.all() and apart.solver_ok.all()
+    np.testing.assert_allclose(together.tia_mbq_h, apart.tia_mbq_h, rtol=2e-5)
+    np.testing.assert_allclose(together.dose_gy, apart.dose_gy, rtol=2e-5)
+    np.testing.assert_allclose(together.bed_gy, apart.bed_gy, rtol=2e-5)
+    broken = draws.copy()
+    broken[2] = np.nan
+    flagged = outcome_arrays(model, args[1], broken, *args[3:], options=options, lockstep=True)
+    assert flagged.solver_ok.tolist() == [True, True, False, True, True, True]
+    np.testing.assert_allclose(flagged.tia_mbq_h[[0, 1, 3, 4, 5]], apart.tia_mbq_h[[0, 1, 3, 4, 5]], rtol=1e-12)
+
+
 def test_tia_map_conserves_activity_and_dose_map_matches_region_doses(twin, model):
     s = therapy(2)
     tia = twin.region_tia(s, max_draws=40)
