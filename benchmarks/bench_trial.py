@@ -16,6 +16,8 @@ reduced model exists yet, issue 7), at the trial's default solver tolerance (rto
 
 Run:  python benchmarks/bench_trial.py [--patients 40] [--schedules 10] [--cycles 6]
           [--chunk 10] [--memory 100 1000]
+      python benchmarks/bench_trial.py --draws compare --patients 64 --chunk 32
+          (in-process only: a chunk's patients solved in lockstep vs vmapped)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,6 +65,31 @@ def memory_child(patients: int, schedules: int, cycles: int, chunk: int) -> None
     print(json.dumps({"max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
+def compare_lockstep(args) -> None:
+    """In-process trial throughput with each chunk's patients solved in lockstep
+    (`pbpk.batch.solve_batch_lockstep`) and vmapped (`twin.outcomes.LOCKSTEP_MIN_DRAWS`
+    set out of reach), same config, each after its own warm-up chunk; two rounds, medians."""
+    from twin import outcomes
+
+    config = trial_config(args.patients, args.schedules, args.cycles, args.chunk)
+    warm = trial_config(args.chunk, args.schedules, args.cycles, args.chunk, seed=2)
+    sims = args.patients * args.schedules
+    print(f"trial: {args.patients} patients x {args.schedules} schedules x {args.cycles} cycles "
+          f"(chunks of {args.chunk}), full PSMA model, in-process; {os.cpu_count()} CPUs")
+    default_min = outcomes.LOCKSTEP_MIN_DRAWS
+    times = {"vmapped": [], "lockstep": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(2):
+            for mode, min_draws in (("vmapped", 10**9), ("lockstep", 1)):
+                outcomes.LOCKSTEP_MIN_DRAWS = min_draws
+                times[mode].append(timed_run(config, warm, None, Path(tmp) / mode))
+    outcomes.LOCKSTEP_MIN_DRAWS = default_min
+    rate = {mode: sims / statistics.median(t) for mode, t in times.items()}
+    for mode, r in rate.items():
+        print(f"  {mode:9s} {r:8.2f} simulations/s")
+    print(f"  lockstep / vmapped: {rate['lockstep'] / rate['vmapped']:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--patients", type=int, default=40)
@@ -71,9 +99,14 @@ def main() -> None:
     ap.add_argument("--memory", type=int, nargs=2, default=(40, 400), metavar=("N_SMALL", "N_LARGE"),
                     help="population sizes of the memory runs (1 schedule of 1 cycle each, chunks of --chunk)")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--draws", choices=["compare", "auto"], default="auto",
+                    help="compare: in-process only, patients of a chunk solved in lockstep vs vmapped")
     args = ap.parse_args()
     if args.memory_child is not None:
         memory_child(args.memory_child, args.schedules, args.cycles, args.chunk)
+        return
+    if args.draws == "compare":
+        compare_lockstep(args)
         return
 
     config = trial_config(args.patients, args.schedules, args.cycles, args.chunk)
