@@ -36,7 +36,7 @@ from dose.nuclides import AVOGADRO_PER_MOL
 
 from .compile import CompiledModel, compile_model
 from .errors import PBPKError, ScheduleError, SolverError
-from .block_solve import BlockArrowSolve, DenseLU, LockstepSolve
+from .block_solve import BlockArrowSolve, DenseLU, LockstepSolve, stacked_rows
 from .linear_solver import PermutedLU
 from .rosenbrock import Rodas4
 from .model import Model, decay_parameter_name
@@ -397,10 +397,12 @@ def _integrate(plan: _Plan, opts: SolverOptions, with_tia: bool, kinetics_arrays
     region_hot = jnp.asarray(plan.region_hot if with_tia else plan.region_hot[:0])
     kinetics = c.kinetics_from(kinetics_arrays)
     species_field = kinetics.field
+    # rows one after the other (lockstep: slice by slice, see `block_solve.stacked_rows`)
+    join = (lambda parts: stacked_rows(parts, 0)) if lockstep else jnp.concatenate
 
     def vector_field(t, z, args):
         amounts = z[:n_sp] * scale[:n_sp]
-        return jnp.concatenate([species_field(amounts), region_hot @ amounts]) / scale
+        return join([species_field(amounts), region_hot @ amounts]) / scale
 
     if opts.method == "rodas4" and (opts.linear_solve == "auto" or lockstep):
         linear_solver, rows, cols, quad_values = plan.linear_system(with_tia)
@@ -415,7 +417,7 @@ def _integrate(plan: _Plan, opts: SolverOptions, with_tia: bool, kinetics_arrays
             j_species = kinetics.jacobian_values(z[:n_sp] * scale[:n_sp])
             quad = jnp.broadcast_to(quad_values.reshape((-1,) + (1,) * (z.ndim - 1)),
                                     (quad_values.size,) + z.shape[1:])
-            return jnp.concatenate([j_species, quad]) * entry_scale
+            return join([j_species, quad]) * entry_scale
     elif lockstep:
         raise PBPKError(f"a lockstep solve needs SolverOptions(method='rodas4'), got {opts.method!r}")
     else:
