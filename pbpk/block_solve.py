@@ -97,20 +97,6 @@ def _gauss_jordan_inverse(blocks: jnp.ndarray) -> jnp.ndarray:
     return a
 
 
-def _gauss_jordan_inverse_leading(a: jnp.ndarray) -> jnp.ndarray:
-    """`_gauss_jordan_inverse` for matrices stored along the two leading axes, (K, K, ...):
-    the same sweep, with every trailing axis (blocks, parameter sets) innermost in memory,
-    so each elementwise update runs over contiguous batch entries."""
-    k = a.shape[0]
-    for p in range(k):
-        is_p = np.eye(k, dtype=bool)[p].reshape((k,) + (1,) * (a.ndim - 2))
-        v = jnp.where(is_p, 1.0, a[p]) / a[p, p]  # row p / pivot, (K, ...)
-        u = jnp.where(is_p, 0.0, a[:, p])  # column p without the pivot, (K, ...)
-        update = jnp.where(is_p[None], 0.0, a) - u[:, None] * v[None, :]
-        a = jnp.where(is_p[:, None], v[None, :], update)
-    return a
-
-
 _GROUP_OVERHEAD_FLOPS = 4000.0  # per extra group of blocks: the cost of its extra operations
 _MAX_GROUPS = 3
 
@@ -288,9 +274,9 @@ class BlockArrowSolve:
 
 
 def _sparse_gauss_jordan_inverse(a: jnp.ndarray, zero: np.ndarray) -> jnp.ndarray:
-    """`_gauss_jordan_inverse_leading` entry by entry, skipping the products with
-    structurally zero entries: `a` (K, K, ...) with a[i, j] == 0 wherever zero[i, j]
-    (static).  The sweep on pivot p (d = a_pp):
+    """The sweep of `_gauss_jordan_inverse` for matrices stored along the two leading axes,
+    `a` (K, K, ...) (trailing axes innermost in memory), entry by entry, skipping the
+    products with structurally zero entries: a[i, j] == 0 wherever zero[i, j] (static).  The sweep on pivot p (d = a_pp):
         a_pj <- a_pj / d,  a_ip <- -a_ip / d,  a_pp <- 1 / d,  a_ij <- a_ij - a_ip a_pj / d,
     where an entry stays structurally zero unless both a_ip and a_pj are non-zero.  Each
     entry is an array over the trailing axes; XLA fuses the whole sweep."""

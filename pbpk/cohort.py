@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .compile import compile_model
 from .errors import ParameterError, PBPKError, SolverError
 from .model import Model
 from .schedule import Administration, Schedule, as_schedule
@@ -38,8 +39,6 @@ from .simulate import (SolverOptions, Trajectory, _failure_message, _initial_amo
 def _parameter_matrix(model: Model, params: Mapping[str, object]) -> tuple[jnp.ndarray, int]:
     """(n_sets, n_parameters) parameter vectors: every value of `params` is a scalar (the
     same for all sets) or a 1-D array over the sets; all arrays must have one length."""
-    from .compile import compile_model
-
     c = compile_model(model)
     values = {name: jnp.asarray(v, dtype=jnp.float64) for name, v in params.items()}
     lengths = {name: v.shape[0] for name, v in values.items() if v.ndim == 1}
