@@ -24,7 +24,7 @@ import numpy as np
 from .errors import ScheduleError
 from .model import Model
 from .schedule import Schedule, as_schedule
-from .cohort import _parameter_matrix
+from .cohort import _parameter_matrix, postprocess_sets
 from .simulate import (TAIL_HALF_LIVES, SolverOptions, _initial_amounts, _plan, _postprocess, _schedule_arrays,
                        _solve, _solve_lockstep)
 
@@ -140,8 +140,7 @@ def solve_batch_lockstep(model: Model, structure_of: Schedule, arrays: BatchArra
 
     def one(t, ev, te, act, tot, y0):
         amounts, y_end, ok, lam, doses = _solve_lockstep(plan, options, bool(tia), p_sets, t, ev, te, act, tot, y0)
-        post = jax.vmap(lambda a, y, la, d: _postprocess(plan, bool(tia), a, y, la, t, ev, d)[:2])
-        region_activity, region_tia = post(amounts, y_end, lam, doses)
+        region_activity, region_tia, _ = postprocess_sets(plan, bool(tia), amounts, y_end, lam, t, ev, doses)
         return region_activity, region_tia, ok
 
     a = arrays
