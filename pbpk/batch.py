@@ -105,6 +105,20 @@ def batch_arrays(model: Model, schedules: Sequence[Schedule], times_h, params: M
                        t_end_h=np.array(t_end), y_init=np.stack([_initial_amounts(model, s, params) for s in schedules]))
 
 
+def _solve_each_schedule(plan, tia: bool, options: SolverOptions, p, arrays: BatchArrays, solve, postprocess):
+    """jax.vmap over the schedules of `arrays` of `solve` (`_solve`, or `_solve_lockstep`
+    for parameter sets p (n_sets, n_parameters)) and `postprocess` (`_postprocess`, or
+    `postprocess_sets`): (region activities, region TIA, solver flags)."""
+    def one(t, ev, te, act, tot, y0):
+        amounts, y_end, ok, lam, doses = solve(plan, options, tia, p, t, ev, te, act, tot, y0)
+        region_activity, region_tia, _ = postprocess(plan, tia, amounts, y_end, lam, t, ev, doses)
+        return region_activity, region_tia, ok
+
+    a = arrays
+    return jax.vmap(one)(jnp.asarray(a.times_h), jnp.asarray(a.event_times_h), jnp.asarray(a.t_end_h),
+                         jnp.asarray(a.activity_mbq), jnp.asarray(a.total_nmol), jnp.asarray(a.y_init))
+
+
 def solve_batch(model: Model, structure_of: Schedule, arrays: BatchArrays, params: Mapping[str, object] | None = None,
                 *, tia: bool = True, options: SolverOptions = SolverOptions()) -> ScheduleBatch:
     """The vmapped solve over `arrays` (from `batch_arrays`) for schedules shaped like
@@ -112,17 +126,8 @@ def solve_batch(model: Model, structure_of: Schedule, arrays: BatchArrays, param
     it for any schedules of that structure and shape without recompiling."""
     plan = _plan(model, structure_of)
     p = plan.compiled.parameter_vector(params)
-
-    def one(t, ev, te, act, tot, y0):
-        amounts, y_end, ok, lam, doses = _solve(plan, options, bool(tia), p, t, ev, te, act, tot, y0)
-        region_activity, region_tia, _ = _postprocess(plan, bool(tia), amounts, y_end, lam, t, ev, doses)
-        return region_activity, region_tia, ok
-
-    a = arrays
-    region_activity, region_tia, ok = jax.vmap(one)(
-        jnp.asarray(a.times_h), jnp.asarray(a.event_times_h), jnp.asarray(a.t_end_h), jnp.asarray(a.activity_mbq),
-        jnp.asarray(a.total_nmol), jnp.asarray(a.y_init))
-    return ScheduleBatch(times_h=jnp.asarray(a.times_h), region_activity_mbq=region_activity,
+    region_activity, region_tia, ok = _solve_each_schedule(plan, bool(tia), options, p, arrays, _solve, _postprocess)
+    return ScheduleBatch(times_h=jnp.asarray(arrays.times_h), region_activity_mbq=region_activity,
                          region_tia_mbq_h=region_tia, solver_ok=ok, regions=model.region_names, nuclides=plan.nuclides)
 
 
@@ -137,17 +142,9 @@ def solve_batch_lockstep(model: Model, structure_of: Schedule, arrays: BatchArra
     and `arrays`, like `solve_batch`."""
     plan = _plan(model, structure_of)
     p_sets, _ = _parameter_matrix(model, params)
-
-    def one(t, ev, te, act, tot, y0):
-        amounts, y_end, ok, lam, doses = _solve_lockstep(plan, options, bool(tia), p_sets, t, ev, te, act, tot, y0)
-        region_activity, region_tia, _ = postprocess_sets(plan, bool(tia), amounts, y_end, lam, t, ev, doses)
-        return region_activity, region_tia, ok
-
-    a = arrays
-    region_activity, region_tia, ok = jax.vmap(one)(
-        jnp.asarray(a.times_h), jnp.asarray(a.event_times_h), jnp.asarray(a.t_end_h), jnp.asarray(a.activity_mbq),
-        jnp.asarray(a.total_nmol), jnp.asarray(a.y_init))
-    return ScheduleBatch(times_h=jnp.asarray(a.times_h), region_activity_mbq=jnp.moveaxis(region_activity, 0, 1),
+    region_activity, region_tia, ok = _solve_each_schedule(plan, bool(tia), options, p_sets, arrays, _solve_lockstep,
+                                                           postprocess_sets)
+    return ScheduleBatch(times_h=jnp.asarray(arrays.times_h), region_activity_mbq=jnp.moveaxis(region_activity, 0, 1),
                          region_tia_mbq_h=jnp.moveaxis(region_tia, 0, 1), solver_ok=jnp.moveaxis(ok, 0, 1),
                          regions=model.region_names, nuclides=plan.nuclides)
 
