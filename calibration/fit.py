@@ -32,10 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import scipy.optimize
-from jax.flatten_util import ravel_pytree
 from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, init_to_value
 from numpyro.infer.autoguide import AutoMultivariateNormal
-from numpyro.infer.util import initialize_model, potential_energy
 from numpyro.optim import Adam
 
 import pbpk
@@ -44,6 +42,7 @@ from .errors import CalibrationError
 from .likelihood import CALIBRATION_SOLVER, Problem, ligand_segments, numpyro_model, predicted_activity
 from .observations import observations_from_table
 from .posterior import Posterior
+from .potential import ChainRulePotential
 from .priors import ERROR_SCALE_MEDIANS, resolve_free_parameters
 
 METHODS = ("nuts", "svi", "laplace")
@@ -66,114 +65,66 @@ def make_problem(model: pbpk.Model, table: pd.DataFrame, schedule, *, free=None,
     return Problem(model, schedule, observations, resolve_free_parameters(model, free), options, segments)
 
 
-class _Potential:
-    """Potential energy U (negative log density) on a flat unconstrained vector
-    x = (log error scales, z), and its gradient.
-
-    Forward mode (MAP, Laplace, NUTS) uses the chain rule through the predictions
-    p(z) = `predicted_activity` (the only part that solves the ODE):
-
-        dU/dz = dU/dz|_p + J_p(z)^T dU/dp,     dU/d(error scale) = dU/d(error scale)|_p,
-
-    with J_p from one jvp per free parameter (vmapped, primal solved once) and the
-    partial derivatives of U given p by reverse mode (no solve).  Only len(z) tangents
-    travel through the solver instead of len(x) (the error scales do not enter it).
-    Reverse mode (SVI) differentiates U directly.
-    """
-
-    def __init__(self, problem: Problem, seed: int):
-        forward = problem.options.adjoint == "forward"
-        info = initialize_model(jax.random.PRNGKey(seed), numpyro_model, model_args=(problem,),
-                                init_strategy=init_to_value(values=self._prior_centre(problem)),
-                                forward_mode_differentiation=forward)
-        flat0, self.unravel = ravel_pytree(info.param_info.z)
-        self.x0 = np.asarray(flat0)
-        self.postprocess = info.postprocess_fn
-        if forward:
-            self.value_and_grad = jax.jit(self._chain_rule_value_and_grad(problem))
-        else:
-            potential = info.potential_fn
-            self.value_and_grad = jax.jit(jax.value_and_grad(lambda x: potential(self.unravel(x))))
-        # unconstrained draws (n, dim) -> constrained sites, one compiled program rather
-        # than hundreds of eagerly dispatched operations
-        self.constrained_draws = jax.jit(jax.vmap(lambda x: self.postprocess(self.unravel(x))))
-
-    def _chain_rule_value_and_grad(self, problem: Problem):
-        unravel = self.unravel
-        n_z = len(problem.free)
-        # positions of z in the flat vector (ravel_pytree orders the sites by name)
-        marker = ravel_pytree({k: (jnp.arange(1.0, n_z + 1.0) if k == "z" else jnp.zeros_like(v))
-                               for k, v in unravel(jnp.zeros(self.x0.size)).items()})[0]
-        z_index = np.array([int(np.flatnonzero(np.asarray(marker) == k + 1)[0]) for k in range(n_z)])
-
-        def given_predictions(x, pred, ok):
-            return potential_energy(numpyro_model, (problem,), {"predicted": (pred, ok)}, unravel(x))
-
-        def predictions(z):
-            return predicted_activity(problem, problem.theta_from_z(z))
-
-        def value_and_grad(x):
-            z = x[z_index]
-            basis = jnp.eye(n_z, dtype=x.dtype)
-            (pred, ok), (d_pred, _) = jax.vmap(lambda v: jax.jvp(predictions, (z,), (v,)),
-                                               out_axes=((None, None), (0, None)))(basis)
-            value, (g_x, g_pred) = jax.value_and_grad(given_predictions, argnums=(0, 1))(x, pred, ok)
-            return value, g_x.at[z_index].add(d_pred @ g_pred)
-
-        return value_and_grad
-
-    def differentiable(self):
-        """U(x) as a JAX function whose reverse-mode derivative is this potential's
-        gradient (for NUTS given a ``potential_fn``)."""
-        value_and_grad = self.value_and_grad
-
-        @jax.custom_vjp
-        def potential(x):
-            return value_and_grad(x)[0]
-
-        # residual of the forward pass: the gradient itself
-        potential.defvjp(value_and_grad, lambda grad, cotangent: (cotangent * grad,))
-        return potential
-
-    @staticmethod
-    def _prior_centre(problem: Problem) -> dict:
-        return {"z": jnp.zeros(len(problem.free)),
-                "error_scale": jnp.asarray([ERROR_SCALE_MEDIANS[g] for g in problem.used_error_groups])}
-
-    def scipy_objective(self, x):
-        v, g = self.value_and_grad(jnp.asarray(x))
-        v, g = float(v), np.asarray(g, dtype=float)
-        if not (np.isfinite(v) and np.all(np.isfinite(g))):
-            return 1e10, np.zeros_like(g)
-        return v, g
+def _Potential(problem: Problem, seed: int) -> ChainRulePotential:
+    """The potential of one patient's `numpyro_model` on NumPyro's flat unconstrained
+    vector x = (log error scales, z): forward mode (MAP, Laplace, NUTS) sends one tangent
+    per free parameter through the solve (`potential.ChainRulePotential`), reverse mode
+    (SVI) differentiates it directly."""
+    init = {"z": jnp.zeros(len(problem.free)),
+            "error_scale": jnp.asarray([ERROR_SCALE_MEDIANS[g] for g in problem.used_error_groups])}
+    return ChainRulePotential(numpyro_model, (problem,), init, seed, forward=problem.options.adjoint == "forward",
+                              theta_of=lambda sites: problem.theta_from_z(sites["z"]),
+                              predict=lambda theta: predicted_activity(problem, theta))
 
 
-def find_map(potential: _Potential, max_iter: int = 500) -> tuple[np.ndarray, scipy.optimize.OptimizeResult]:
-    """L-BFGS from the prior centre; returns the unconstrained MAP and scipy's result."""
-    res = scipy.optimize.minimize(potential.scipy_objective, potential.x0, jac=True, method="L-BFGS-B",
+def find_map(potential: ChainRulePotential, max_iter: int = 500, *, start: np.ndarray | None = None,
+             fixed: np.ndarray | None = None) -> tuple[np.ndarray, scipy.optimize.OptimizeResult]:
+    """L-BFGS from `start` (default: the prior centre); returns the unconstrained MAP and
+    scipy's result.  fixed: boolean mask of coordinates held at their start values."""
+    start = potential.x0 if start is None else np.asarray(start, dtype=float)
+    free = np.ones(start.size, bool) if fixed is None else ~np.asarray(fixed, bool)
+
+    def objective(x_free):
+        x = start.copy()
+        x[free] = x_free
+        value, grad = potential.scipy_objective(x)
+        return value, grad[free]
+
+    res = scipy.optimize.minimize(objective, start[free], jac=True, method="L-BFGS-B",
                                   options=dict(maxiter=max_iter, gtol=1e-6))
-    if not np.all(np.isfinite(res.x)) or res.fun >= 1e9:
+    x = start.copy()
+    x[free] = res.x
+    if not np.all(np.isfinite(x)) or res.fun >= 1e9:
         raise CalibrationError("MAP search failed: every solve from the prior centre failed; check the "
                                "schedule, the table's units (MBq) and the free parameters' priors")
-    return res.x, res
+    return x, res
 
 
-def laplace_covariance(potential: _Potential, x_map: np.ndarray) -> tuple[np.ndarray, bool]:
+def hessian_columns(potential: ChainRulePotential, x: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """H d for each row d of `directions` (n_dir, n): central differences of the JAX
+    gradient, step `_FD_STEP` along d (H: Hessian of the potential at x)."""
+    def grad(v):
+        return np.asarray(potential.value_and_grad(jnp.asarray(v))[1])
+
+    return np.stack([(grad(x + _FD_STEP * d) - grad(x - _FD_STEP * d)) / (2 * _FD_STEP) for d in directions])
+
+
+def laplace_covariance(potential: ChainRulePotential, x_map: np.ndarray, *,
+                       fixed: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
     """H^-1 at the MAP from a central-difference Hessian of the gradient; also whether H
-    was positive definite (if not, it is regularised by its smallest eigenvalue + 1e-6)."""
+    was positive definite (if not, it is regularised by its smallest eigenvalue + 1e-6).
+    fixed: coordinates held fixed (zero rows and columns in the covariance)."""
     n = x_map.size
-    h = np.empty((n, n))
-    for j in range(n):
-        e = np.zeros(n)
-        e[j] = _FD_STEP
-        h[:, j] = (np.asarray(potential.value_and_grad(jnp.asarray(x_map + e))[1]) -
-                   np.asarray(potential.value_and_grad(jnp.asarray(x_map - e))[1])) / (2 * _FD_STEP)
+    free = np.flatnonzero(np.ones(n, bool) if fixed is None else ~np.asarray(fixed, bool))
+    h = hessian_columns(potential, x_map, np.eye(n)[free])[:, free]
     h = 0.5 * (h + h.T)
     eig = np.linalg.eigvalsh(h)
     positive = bool(np.all(np.isfinite(h)) and eig[0] > 0)
     if not positive:
-        h = np.nan_to_num(h) + (abs(np.nanmin(eig)) + 1e-6) * np.eye(n)
-    return np.linalg.inv(h), positive
+        h = np.nan_to_num(h) + (abs(np.nanmin(eig)) + 1e-6) * np.eye(free.size)
+    cov = np.zeros((n, n))
+    cov[np.ix_(free, free)] = np.linalg.inv(h)
+    return cov, positive
 
 
 def fit(model: pbpk.Model, table: pd.DataFrame, schedule, method: str = "nuts", *, free=None,
@@ -206,37 +157,62 @@ def fit(model: pbpk.Model, table: pd.DataFrame, schedule, method: str = "nuts", 
         cov, positive = laplace_covariance(potential, x_map)
         info["hessian_positive_definite"] = positive
     if method == "laplace":
-        draws = np.random.default_rng(seed).multivariate_normal(x_map, cov, size=num_samples)
-        samples = potential.constrained_draws(jnp.asarray(draws))
+        samples = laplace_draws(potential, x_map, cov, num_samples, seed)
         return Posterior.from_draws(problem, method, samples, chains=1, info=info)
 
     map_values = jax.tree_util.tree_map(lambda v: v[0], potential.constrained_draws(jnp.asarray(x_map[None, :])))
     init = init_to_value(values={"z": map_values["z"], "error_scale": map_values["error_scale"]})
     if method == "svi":
-        guide = AutoMultivariateNormal(numpyro_model, init_loc_fn=init, init_scale=0.05)
-        svi = SVI(numpyro_model, guide, Adam(svi_learning_rate), Trace_ELBO())
-        result = svi.run(key, svi_steps, problem, progress_bar=False, stable_update=True)
-        draws = guide.sample_posterior(jax.random.fold_in(key, 1), result.params, sample_shape=(num_samples,))
-        draws = {k: draws[k] for k in ("z", "error_scale")}
-        predictive = Predictive(numpyro_model, posterior_samples=draws, return_sites=["theta", "solver_ok"])
-        samples = dict(draws, **jax.jit(lambda k: predictive(k, problem))(key))
-        info["elbo_loss_final"] = float(np.mean(np.asarray(result.losses)[-100:]))
+        samples, info["elbo_loss_final"] = run_svi(numpyro_model, (problem,), init, ("z", "error_scale"),
+                                                  ("theta", "solver_ok"), key, svi_steps, svi_learning_rate,
+                                                  num_samples)
         return Posterior.from_draws(problem, method, samples, chains=1, info=info)
 
-    # warm-up starts from the Laplace covariance as inverse mass matrix (same flat order:
-    # ravel_pytree and NumPyro both sort the site names), so its early, unadapted
-    # trajectories are short; NumPyro's windowed adaptation then replaces it
-    # NUTS on the flat potential with its chain-rule gradient; warm-up starts from the
-    # Laplace covariance as inverse mass matrix, so its early, unadapted trajectories are
-    # short (NumPyro's windowed adaptation then replaces it)
+    samples, stats = run_nuts(potential, x_map, cov if positive else None, key, seed, num_warmup=num_warmup,
+                              num_samples=num_samples, num_chains=num_chains, chain_method=chain_method)
+    return Posterior.from_draws(problem, method, samples, chains=num_chains, info=info, sample_stats=stats)
+
+
+def laplace_draws(potential: ChainRulePotential, x_map: np.ndarray, cov: np.ndarray, num_samples: int,
+                  seed: int) -> dict:
+    """`num_samples` constrained draws of the Gaussian N(x_map, cov) in unconstrained space."""
+    draws = np.random.default_rng(seed).multivariate_normal(x_map, cov, size=num_samples)
+    return potential.constrained_draws(jnp.asarray(draws))
+
+
+def run_svi(model, model_args: tuple, init, latent_sites: tuple[str, ...], derived_sites: tuple[str, ...], key,
+            steps: int, learning_rate: float, num_samples: int) -> tuple[dict, float]:
+    """SVI with a multivariate normal guide started at `init` (Adam, non-finite updates
+    skipped); returns `num_samples` posterior draws of the latent and derived sites, and
+    the mean ELBO loss of the last 100 steps."""
+    guide = AutoMultivariateNormal(model, init_loc_fn=init, init_scale=0.05)
+    svi = SVI(model, guide, Adam(learning_rate), Trace_ELBO())
+    result = svi.run(key, steps, *model_args, progress_bar=False, stable_update=True)
+    draws = guide.sample_posterior(jax.random.fold_in(key, 1), result.params, sample_shape=(num_samples,))
+    draws = {k: draws[k] for k in latent_sites}
+    predictive = Predictive(model, posterior_samples=draws, return_sites=list(derived_sites))
+    samples = dict(draws, **jax.jit(lambda k: predictive(k, *model_args))(key))
+    return samples, float(np.mean(np.asarray(result.losses)[-100:]))
+
+
+def run_nuts(potential: ChainRulePotential, x_map: np.ndarray, inverse_mass, key, seed: int, *, num_warmup: int,
+             num_samples: int, num_chains: int, chain_method: str) -> tuple[dict, dict]:
+    """NUTS on the flat potential with its chain-rule gradient, chains started at the MAP
+    with a small jitter; warm-up starts from `inverse_mass` (the Laplace covariance, same
+    flat order: ravel_pytree and NumPyro both sort the site names), so its early,
+    unadapted trajectories are short (NumPyro's windowed adaptation then replaces it).
+    Returns constrained samples (chain, draw, ...) and the sample statistics."""
     kernel = NUTS(potential_fn=potential.differentiable(), dense_mass=True, target_accept_prob=0.9,
-                  max_tree_depth=8, inverse_mass_matrix=jnp.asarray(cov) if positive else None)
+                  max_tree_depth=8, inverse_mass_matrix=None if inverse_mass is None else jnp.asarray(inverse_mass))
     mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                 chain_method=chain_method, progress_bar=False)
     jitter = 0.05 * np.random.default_rng(seed).standard_normal((num_chains, x_map.size))
-    mcmc.run(key, init_params=jnp.asarray(x_map[None, :] + jitter), extra_fields=("diverging", "energy", "num_steps"))
+    init = x_map[None, :] + jitter
+    # NumPyro takes one chain's start without the chain axis
+    mcmc.run(key, init_params=jnp.asarray(init[0] if num_chains == 1 else init),
+             extra_fields=("diverging", "energy", "num_steps"))
     flat = np.asarray(mcmc.get_samples(group_by_chain=True))
     sites = potential.constrained_draws(jnp.asarray(flat.reshape(-1, flat.shape[-1])))
     samples = {k: np.asarray(v).reshape(flat.shape[:2] + np.shape(v)[1:]) for k, v in sites.items()}
     stats = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
-    return Posterior.from_draws(problem, method, samples, chains=num_chains, info=info, sample_stats=stats)
+    return samples, stats

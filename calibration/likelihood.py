@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -148,19 +147,33 @@ def numpyro_model(problem: Problem, predicted=None):
     z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([len(problem.free)]).to_event(1))
     theta = numpyro.deterministic("theta", problem.theta_from_z(z))
     used = problem.used_error_groups
-    medians = jnp.asarray([ERROR_SCALE_MEDIANS[g] for g in used])
-    scale = numpyro.sample("error_scale", dist.LogNormal(jnp.log(medians), ERROR_SCALE_PRIOR_SIGMA).to_event(1))
+    scale = error_scale_site(used)
     pred, ok = predicted_activity(problem, theta) if predicted is None else predicted
-    numpyro.deterministic("solver_ok", ok)
-    numpyro.factor("failed_solve_penalty", jnp.where(ok, 0.0, FAILED_SOLVE_LOG_DENSITY))
 
     group = np.searchsorted(np.asarray(used), problem.error_groups)
-    s = jnp.sqrt(scale[group] ** 2 + jnp.asarray(o.relative_uncertainty) ** 2)
+    observe(np.log(o.activity_mbq), o.relative_uncertainty, group, ~o.censored, o.censored, pred, ok, scale)
+
+
+def error_scale_site(used: tuple[int, ...]):
+    """The ``error_scale`` site: one log-normal proportional error sd per group in `used`
+    (indices into ERROR_GROUPS), priors `priors.ERROR_SCALE_MEDIANS`."""
+    medians = jnp.asarray([ERROR_SCALE_MEDIANS[g] for g in used])
+    return numpyro.sample("error_scale", dist.LogNormal(jnp.log(medians), ERROR_SCALE_PRIOR_SIGMA).to_event(1))
+
+
+def observe(log_y, relative_uncertainty, group, measured, censored, pred, ok, scale):
+    """The error model's sites for observations of any shape (one patient: (n,); a cohort:
+    (patients, rows), padding masked out of both `measured` and `censored`):
+    ``solver_ok`` (deterministic), the failed-solve penalty (per False in `ok`), observed
+    ``log_activity`` (measured rows) and the censoring factor ``below_detection``.
+    group: index of each row into `scale` (the error scales of the groups present)."""
+    numpyro.deterministic("solver_ok", ok)
+    numpyro.factor("failed_solve_penalty", jnp.sum(jnp.where(ok, 0.0, FAILED_SOLVE_LOG_DENSITY)))
+    s = jnp.sqrt(scale[group] ** 2 + jnp.asarray(relative_uncertainty) ** 2)
     log_pred = jnp.log(pred)
-    log_y = jnp.log(jnp.asarray(o.activity_mbq))
-    measured = ~o.censored
+    log_y = jnp.asarray(log_y)
     with numpyro.handlers.mask(mask=jnp.asarray(measured)):
         numpyro.sample("log_activity", dist.Normal(log_pred, s), obs=log_y)
-    if np.any(o.censored):
+    if np.any(censored):
         censored_ll = norm.logcdf((log_y - log_pred) / s)
-        numpyro.factor("below_detection", jnp.sum(jnp.where(jnp.asarray(o.censored), censored_ll, 0.0)))
+        numpyro.factor("below_detection", jnp.sum(jnp.where(jnp.asarray(censored), censored_ll, 0.0)))

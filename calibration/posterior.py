@@ -31,48 +31,42 @@ class CalibrationWarning(UserWarning):
     """A fit that finished but did not converge, or whose solves failed."""
 
 
-@dataclass
-class Posterior:
-    problem: Problem
+def error_scale_samples(error_scale: np.ndarray, used_groups: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """``error_scale[<group>]`` -> (chain, draw) samples, groups named by ERROR_GROUPS."""
+    return {f"error_scale[{ERROR_GROUPS[g]}]": error_scale[..., k] for k, g in enumerate(used_groups)}
+
+
+class SampleDiagnostics:
+    """Summaries and convergence checks shared by `Posterior` and the cohort posterior.
+
+    Subclasses provide ``method``, ``samples`` (arrays (chain, draw, ...) with at least
+    ``theta`` and ``solver_ok``), ``info``, ``sample_stats`` and `parameter_samples`."""
+
     method: str
     samples: dict
-    info: dict = field(default_factory=dict)
-    sample_stats: dict = field(default_factory=dict)
+    info: dict
+    sample_stats: dict
 
-    # ------------------------------------------------------------------ build
-    @classmethod
-    def from_draws(cls, problem: Problem, method: str, samples: dict, *, chains: int, info: dict,
-                   sample_stats: dict | None = None) -> "Posterior":
-        arrays = {}
-        for k in ("theta", "error_scale", "z", "solver_ok"):
+    @staticmethod
+    def chain_arrays(samples: dict, keys: tuple[str, ...], chains: int, grouped: bool) -> dict:
+        """`keys` of `samples` as numpy arrays (chain, draw, ...); `grouped`: already so."""
+        out = {}
+        for k in keys:
             v = np.asarray(samples[k])
-            arrays[k] = v if sample_stats is not None else v.reshape((chains, -1) + v.shape[1:])
-        post = cls(problem, method, arrays, dict(info), dict(sample_stats or {}))
-        problems = post.problems()
+            out[k] = v if grouped else v.reshape((chains, -1) + v.shape[1:])
+        return out
+
+    def warn_if_untrustworthy(self, what: str) -> None:
+        problems = self.problems()
         if problems:
-            warnings.warn(f"{method} fit of patient {problem.observations.patient!r}: " + "; ".join(problems),
-                          CalibrationWarning, stacklevel=3)
-        return post
-
-    # ------------------------------------------------------------------ views
-    @property
-    def free_names(self) -> tuple[str, ...]:
-        return self.problem.free_names
-
-    @property
-    def error_group_names(self) -> tuple[str, ...]:
-        return tuple(ERROR_GROUPS[g] for g in self.problem.used_error_groups)
+            warnings.warn(f"{self.method} fit of {what}: " + "; ".join(problems), CalibrationWarning, stacklevel=4)
 
     @property
     def n_chains(self) -> int:
         return int(self.samples["theta"].shape[0])
 
     def parameter_samples(self) -> dict[str, np.ndarray]:
-        """name -> (chain, draw) samples of every free parameter (model units) and error scale."""
-        out = {n: self.samples["theta"][..., k] for k, n in enumerate(self.free_names)}
-        out.update({f"error_scale[{g}]": self.samples["error_scale"][..., k]
-                    for k, g in enumerate(self.error_group_names)})
-        return out
+        raise NotImplementedError
 
     def to_arviz(self):
         """The samples as an ArviZ InferenceData (posterior, and sample_stats for NUTS)."""
@@ -134,6 +128,40 @@ class Posterior:
     @property
     def converged(self) -> bool:
         return not self.problems()
+
+
+@dataclass
+class Posterior(SampleDiagnostics):
+    problem: Problem
+    method: str
+    samples: dict
+    info: dict = field(default_factory=dict)
+    sample_stats: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def from_draws(cls, problem: Problem, method: str, samples: dict, *, chains: int, info: dict,
+                   sample_stats: dict | None = None) -> "Posterior":
+        arrays = cls.chain_arrays(samples, ("theta", "error_scale", "z", "solver_ok"), chains,
+                                  grouped=sample_stats is not None)
+        post = cls(problem, method, arrays, dict(info), dict(sample_stats or {}))
+        post.warn_if_untrustworthy(f"patient {problem.observations.patient!r}")
+        return post
+
+    # ------------------------------------------------------------------ views
+    @property
+    def free_names(self) -> tuple[str, ...]:
+        return self.problem.free_names
+
+    @property
+    def error_group_names(self) -> tuple[str, ...]:
+        return tuple(ERROR_GROUPS[g] for g in self.problem.used_error_groups)
+
+    def parameter_samples(self) -> dict[str, np.ndarray]:
+        """name -> (chain, draw) samples of every free parameter (model units) and error scale."""
+        out = {n: self.samples["theta"][..., k] for k, n in enumerate(self.free_names)}
+        out.update(error_scale_samples(self.samples["error_scale"], self.problem.used_error_groups))
+        return out
 
     # ------------------------------------------------------------ predictions
     def parameter_draws(self, max_draws: int = 200, seed: int = 0) -> np.ndarray:

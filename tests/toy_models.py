@@ -63,6 +63,37 @@ def receptor_toy_model() -> pbpk.Model:
     return b.build()
 
 
+#: Population of the receptor toy model's virtual cohorts: medians of the patient-specific
+#: parameters, between-patient sd of their logs, measured regions, noise (log sd).
+TOY_POPULATION = {"kidneys_rden_nmol_l": 55.0, "lesion_1_rden_nmol_l": 40.0, "clearance_per_h": 0.22}
+TOY_OMEGA = 0.3
+TOY_REGIONS = ("kidneys", "lesion_1", "blood")
+TOY_NOISE = 0.08
+
+
+def virtual_receptor_cohort(model: pbpk.Model, n: int, seed: int, times_h, first: int = 0):
+    """(table, schedules, true parameters) of `n` virtual patients named v<first>... :
+    parameters log-normal around TOY_POPULATION (sd TOY_OMEGA), one therapy of 5-8 GBq /
+    90 nmol at 0 h, activities of TOY_REGIONS at `times_h` with TOY_NOISE log-normal noise."""
+    import math
+
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rows, schedules, truths = [], {}, {}
+    for i in range(first, first + n):
+        name = f"v{i:03d}"
+        truth = {k: v * math.exp(TOY_OMEGA * rng.standard_normal()) for k, v in TOY_POPULATION.items()}
+        schedule = pbpk.Schedule([pbpk.Administration(0.0, float(rng.uniform(5000.0, 8000.0)), 90.0, TRACER)])
+        trajectory = pbpk.simulate(model, schedule, times_h, truth)
+        for region in TOY_REGIONS:
+            for t, a in zip(times_h, np.asarray(trajectory.activity_mbq[region])):
+                rows.append(dict(patient=name, modality="NM", tracer="177Lu-PSMA-617", time_h=float(t),
+                                 region=region, activity_mbq=a * math.exp(TOY_NOISE * rng.standard_normal())))
+        schedules[name], truths[name] = schedule, truth
+    return pd.DataFrame(rows), schedules, truths
+
+
 def michaelis_menten_model() -> pbpk.Model:
     """Saturable (Michaelis-Menten) uptake of hot and cold ligand competing for one
     transporter, first-order return, decay: 4 species, non-polynomial rates (the general
