@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -342,17 +342,11 @@ class CohortPosterior(SampleDiagnostics):
     info: dict = field(default_factory=dict)
     sample_stats: dict = field(default_factory=dict)
 
-    @classmethod
-    def from_draws(cls, cohort: CohortProblem, method: str, samples: dict, *, chains: int, info: dict,
-                   sample_stats: dict | None = None) -> "CohortPosterior":
-        arrays = cls.chain_arrays(samples, _SITES + _DERIVED, chains, grouped=sample_stats is not None)
-        post = cls(cohort, method, arrays, dict(info), dict(sample_stats or {}))
-        post.warn_if_untrustworthy(f"a cohort of {len(cohort.patients)} patients")
-        return post
+    SITES: ClassVar[tuple[str, ...]] = _SITES + _DERIVED
 
     @property
-    def free_names(self) -> tuple[str, ...]:
-        return self.problem.free_names
+    def label(self) -> str:
+        return f"a cohort of {len(self.problem.patients)} patients"
 
     @property
     def patient_names(self) -> tuple[str, ...]:

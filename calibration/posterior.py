@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -39,27 +40,41 @@ def error_scale_samples(error_scale: np.ndarray, used_groups: tuple[int, ...]) -
 class SampleDiagnostics:
     """Summaries and convergence checks shared by `Posterior` and the cohort posterior.
 
-    Subclasses provide ``method``, ``samples`` (arrays (chain, draw, ...) with at least
-    ``theta`` and ``solver_ok``), ``info``, ``sample_stats`` and `parameter_samples`."""
+    Subclasses are dataclasses (problem, method, samples, info, sample_stats) and provide
+    `SITES` (with at least ``theta`` and ``solver_ok``), `label` and `parameter_samples`."""
 
     method: str
     samples: dict
     info: dict
     sample_stats: dict
 
-    @staticmethod
-    def chain_arrays(samples: dict, keys: tuple[str, ...], chains: int, grouped: bool) -> dict:
-        """`keys` of `samples` as numpy arrays (chain, draw, ...); `grouped`: already so."""
-        out = {}
-        for k in keys:
-            v = np.asarray(samples[k])
-            out[k] = v if grouped else v.reshape((chains, -1) + v.shape[1:])
-        return out
+    #: the sample sites a posterior keeps (arrays (chain, draw, ...))
+    SITES: ClassVar[tuple[str, ...]] = ()
 
-    def warn_if_untrustworthy(self, what: str) -> None:
-        problems = self.problems()
+    @classmethod
+    def from_draws(cls, problem, method: str, samples: dict, *, chains: int, info: dict,
+                   sample_stats: dict | None = None):
+        """The posterior from a sampler's draws: `SITES` of `samples`, shaped (chains *
+        draws, ...) or, with `sample_stats` (NUTS), already (chain, draw, ...); warns
+        (`CalibrationWarning`) when the fit should not be trusted."""
+        arrays = {}
+        for k in cls.SITES:
+            v = np.asarray(samples[k])
+            arrays[k] = v if sample_stats is not None else v.reshape((chains, -1) + v.shape[1:])
+        post = cls(problem, method, arrays, dict(info), dict(sample_stats or {}))
+        problems = post.problems()
         if problems:
-            warnings.warn(f"{self.method} fit of {what}: " + "; ".join(problems), CalibrationWarning, stacklevel=4)
+            warnings.warn(f"{method} fit of {post.label}: " + "; ".join(problems), CalibrationWarning,
+                          stacklevel=3)
+        return post
+
+    @property
+    def label(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def free_names(self) -> tuple[str, ...]:
+        return self.problem.free_names
 
     @property
     def n_chains(self) -> int:
@@ -138,20 +153,11 @@ class Posterior(SampleDiagnostics):
     info: dict = field(default_factory=dict)
     sample_stats: dict = field(default_factory=dict)
 
-    # ------------------------------------------------------------------ build
-    @classmethod
-    def from_draws(cls, problem: Problem, method: str, samples: dict, *, chains: int, info: dict,
-                   sample_stats: dict | None = None) -> "Posterior":
-        arrays = cls.chain_arrays(samples, ("theta", "error_scale", "z", "solver_ok"), chains,
-                                  grouped=sample_stats is not None)
-        post = cls(problem, method, arrays, dict(info), dict(sample_stats or {}))
-        post.warn_if_untrustworthy(f"patient {problem.observations.patient!r}")
-        return post
+    SITES: ClassVar[tuple[str, ...]] = ("theta", "error_scale", "z", "solver_ok")
 
-    # ------------------------------------------------------------------ views
     @property
-    def free_names(self) -> tuple[str, ...]:
-        return self.problem.free_names
+    def label(self) -> str:
+        return f"patient {self.problem.observations.patient!r}"
 
     @property
     def error_group_names(self) -> tuple[str, ...]:
