@@ -57,7 +57,6 @@ import numpyro
 import numpyro.distributions as dist
 import pandas as pd
 from numpyro.distributions.transforms import biject_to
-from numpyro.infer import init_to_value
 
 import pbpk
 from pbpk.batch import BatchArrays, batch_arrays, schedule_structure, solve_batch
@@ -303,8 +302,9 @@ def fit_cohort(model: pbpk.Model, table: pd.DataFrame, schedules, method: str = 
     """
     if method not in METHODS:
         raise CalibrationError(f"method {method!r}; expected one of {METHODS}")
-    options = dataclasses.replace(options, adjoint="reverse" if method == "svi" else "forward")
-    cohort = make_cohort_problem(model, table, schedules, free=free, options=options)
+    # forward-mode derivatives through the solve for every method (as `fit`)
+    cohort = make_cohort_problem(model, table, schedules, free=free,
+                                 options=dataclasses.replace(options, adjoint="forward"))
     potential = _cohort_potential(cohort, seed)
     x_map, em = empirical_bayes_spreads(potential, max_iter=em_max_iter)
     key = jax.random.PRNGKey(seed)
@@ -320,10 +320,7 @@ def fit_cohort(model: pbpk.Model, table: pd.DataFrame, schedules, method: str = 
         samples = laplace_draws(potential, x_map, cov, num_samples, seed)
         return CohortPosterior.from_draws(cohort, method, samples, chains=1, info=info)
     if method == "svi":
-        at_map = potential.constrained_draws(jnp.asarray(x_map[None, :]))
-        init = init_to_value(values={k: at_map[k][0] for k in _SITES})
-        samples, info["elbo_loss_final"] = run_svi(cohort_model, (cohort,), init, _SITES, _DERIVED, key, svi_steps,
-                                                  svi_learning_rate, num_samples)
+        samples, info["elbo_loss_final"] = run_svi(potential, x_map, key, svi_steps, svi_learning_rate, num_samples)
         return CohortPosterior.from_draws(cohort, method, samples, chains=1, info=info)
     samples, stats = run_nuts(potential, x_map, cov if positive else None, key, seed, num_warmup=num_warmup,
                               num_samples=num_samples, num_chains=num_chains, chain_method=chain_method)

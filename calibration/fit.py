@@ -7,16 +7,16 @@ space) with JAX gradients:
 * ``laplace``: Gaussian at the MAP with covariance H^-1, H the Hessian of the potential
   by central differences of the JAX gradient (step 1e-4 in unconstrained units;
   differentiating the adaptive solver twice is avoided on purpose);
-* ``svi``: `numpyro.infer.autoguide.AutoMultivariateNormal` initialised at the MAP,
-  Adam, non-finite updates skipped (``stable_update``);
+* ``svi``: `numpyro.infer.autoguide.AutoMultivariateNormal` over the flat unconstrained
+  vector, initialised at the MAP, Adam, non-finite updates skipped (``stable_update``);
 * ``nuts`` (default): NumPyro NUTS on the same flat potential and gradient, dense mass
   matrix (warm-up starts from the Laplace covariance), target acceptance 0.9, chains
   started at the MAP with a small jitter.
 
-Derivatives through the ODE solve are forward mode (diffrax ``ForwardMode``) for MAP,
-Laplace and NUTS, one tangent per free parameter only (`_Potential`): with a handful of
-free parameters this avoids the checkpointed reverse pass (measured ~1.4x faster per
-gradient on the test model); SVI uses reverse mode, which its ELBO gradient requires.  Chains run ``sequential`` by default (on a CPU
+Derivatives through the ODE solve are forward mode (diffrax ``ForwardMode``) for every
+method, one tangent per free parameter only (`_Potential`): with a handful of free
+parameters this avoids the checkpointed reverse pass (measured ~1.4x faster per gradient
+on the test model); SVI's ELBO gradient gets it through the potential's custom VJP.  Chains run ``sequential`` by default (on a CPU
   ``parallel`` needs ``numpyro.set_host_device_count(n)`` before JAX starts; pass
   ``chain_method="parallel"`` then; ``vectorized`` is the option for a GPU).
 
@@ -32,7 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import scipy.optimize
-from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, init_to_value
+import numpyro
+import numpyro.distributions as dist
+from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO, init_to_value
 from numpyro.infer.autoguide import AutoMultivariateNormal
 from numpyro.optim import Adam
 
@@ -143,9 +145,9 @@ def fit(model: pbpk.Model, table: pd.DataFrame, schedule, method: str = "nuts", 
     """
     if method not in METHODS:
         raise CalibrationError(f"method {method!r}; expected one of {METHODS}")
-    # forward-mode derivatives through the solve for NUTS/Laplace (few parameters, no
-    # checkpointed reverse pass); SVI's ELBO gradient needs reverse mode
-    options = dataclasses.replace(options, adjoint="reverse" if method == "svi" else "forward")
+    # forward-mode derivatives through the solve (few parameters, no checkpointed reverse
+    # pass) for every method: SVI's ELBO reaches the solve through the chain-rule gradient
+    options = dataclasses.replace(options, adjoint="forward")
     problem = make_problem(model, table, schedule, free=free, patient=patient, options=options,
                            separate_ligands=separate_ligands)
     potential = _Potential(problem, seed)
@@ -160,12 +162,8 @@ def fit(model: pbpk.Model, table: pd.DataFrame, schedule, method: str = "nuts", 
         samples = laplace_draws(potential, x_map, cov, num_samples, seed)
         return Posterior.from_draws(problem, method, samples, chains=1, info=info)
 
-    map_values = jax.tree_util.tree_map(lambda v: v[0], potential.constrained_draws(jnp.asarray(x_map[None, :])))
-    init = init_to_value(values={"z": map_values["z"], "error_scale": map_values["error_scale"]})
     if method == "svi":
-        samples, info["elbo_loss_final"] = run_svi(numpyro_model, (problem,), init, ("z", "error_scale"),
-                                                  ("theta", "solver_ok"), key, svi_steps, svi_learning_rate,
-                                                  num_samples)
+        samples, info["elbo_loss_final"] = run_svi(potential, x_map, key, svi_steps, svi_learning_rate, num_samples)
         return Posterior.from_draws(problem, method, samples, chains=1, info=info)
 
     samples, stats = run_nuts(potential, x_map, cov if positive else None, key, seed, num_warmup=num_warmup,
@@ -180,19 +178,28 @@ def laplace_draws(potential: ChainRulePotential, x_map: np.ndarray, cov: np.ndar
     return potential.constrained_draws(jnp.asarray(draws))
 
 
-def run_svi(model, model_args: tuple, init, latent_sites: tuple[str, ...], derived_sites: tuple[str, ...], key,
-            steps: int, learning_rate: float, num_samples: int) -> tuple[dict, float]:
-    """SVI with a multivariate normal guide started at `init` (Adam, non-finite updates
-    skipped); returns `num_samples` posterior draws of the latent and derived sites, and
+def run_svi(potential: ChainRulePotential, x_map: np.ndarray, key, steps: int, learning_rate: float,
+            num_samples: int) -> tuple[dict, float]:
+    """SVI on the flat potential: q(x) = N(m, L L^T) over NumPyro's unconstrained vector x
+    (`AutoMultivariateNormal`, started at the MAP), Adam, non-finite updates skipped.  The
+    model is the potential itself (``factor(-U(x))``, x with an improper flat prior), so
+    the ELBO's reparameterised gradient reaches the solve through the potential's
+    chain-rule gradient (`ChainRulePotential.differentiable`): forward mode through the
+    solver when the potential was built so.  Returns `num_samples` constrained draws and
     the mean ELBO loss of the last 100 steps."""
-    guide = AutoMultivariateNormal(model, init_loc_fn=init, init_scale=0.05)
-    svi = SVI(model, guide, Adam(learning_rate), Trace_ELBO())
-    result = svi.run(key, steps, *model_args, progress_bar=False, stable_update=True)
-    draws = guide.sample_posterior(jax.random.fold_in(key, 1), result.params, sample_shape=(num_samples,))
-    draws = {k: draws[k] for k in latent_sites}
-    predictive = Predictive(model, posterior_samples=draws, return_sites=list(derived_sites))
-    samples = dict(draws, **jax.jit(lambda k: predictive(k, *model_args))(key))
-    return samples, float(np.mean(np.asarray(result.losses)[-100:]))
+    potential_fn = potential.differentiable()
+    dim = x_map.size
+
+    def flat_model():
+        x = numpyro.sample("x", dist.ImproperUniform(dist.constraints.real_vector, (), (dim,)))
+        numpyro.factor("log_density", -potential_fn(x))
+
+    guide = AutoMultivariateNormal(flat_model, init_loc_fn=init_to_value(values={"x": jnp.asarray(x_map)}),
+                                   init_scale=0.05)
+    svi = SVI(flat_model, guide, Adam(learning_rate), Trace_ELBO())
+    result = svi.run(key, steps, progress_bar=False, stable_update=True)
+    draws = guide.sample_posterior(jax.random.fold_in(key, 1), result.params, sample_shape=(num_samples,))["x"]
+    return potential.constrained_draws(draws), float(np.mean(np.asarray(result.losses)[-100:]))
 
 
 def run_nuts(potential: ChainRulePotential, x_map: np.ndarray, inverse_mass, key, seed: int, *, num_warmup: int,

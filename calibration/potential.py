@@ -15,7 +15,7 @@ only), vmapped with the primal solved once; dU/dx|_p and dU/dp by reverse mode w
 predictions held fixed (no solve); (dtheta/dx)^T by a vjp of the cheap map x -> theta.
 So K tangents travel through the solver however many sites the model has (error scales,
 population means and spreads, one eta per patient and parameter).  Reverse mode
-(``forward=False``, SVI) differentiates U directly.
+(``forward=False``) differentiates U directly.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class ChainRulePotential:
                  theta_of: Callable, predict: Callable):
         info = initialize_model(jax.random.PRNGKey(seed), model, model_args=model_args,
                                 init_strategy=init_to_value(values=init_values),
-                                forward_mode_differentiation=forward)
+                                forward_mode_differentiation=forward, validate_grad=False)
         flat0, self.unravel = ravel_pytree(info.param_info.z)
         self.x0 = np.asarray(flat0)
         self.postprocess = info.postprocess_fn
