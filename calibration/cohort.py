@@ -62,7 +62,7 @@ import pbpk
 from pbpk.batch import BatchArrays, batch_arrays, schedule_structure, solve_batch
 
 from .errors import CalibrationError, TableError
-from .fit import METHODS, find_map, hessian_columns, laplace_covariance, laplace_draws, make_problem, run_nuts, run_svi
+from .fit import METHODS, draw_posterior, find_map, hessian_columns, make_problem
 from .likelihood import ACTIVITY_FLOOR_MBQ, CALIBRATION_SOLVER, Problem, error_scale_site, observe
 from .posterior import Posterior, SampleDiagnostics, error_scale_samples
 from .potential import ChainRulePotential
@@ -307,24 +307,15 @@ def fit_cohort(model: pbpk.Model, table: pd.DataFrame, schedules, method: str = 
                                  options=dataclasses.replace(options, adjoint="forward"))
     potential = _cohort_potential(cohort, seed)
     x_map, em = empirical_bayes_spreads(potential, max_iter=em_max_iter)
-    key = jax.random.PRNGKey(seed)
     info = {"map_unconstrained": x_map, **em}
-    if method in ("laplace", "nuts"):
-        # laplace: omega held at its EM estimate; nuts: the full curvature, as a mass matrix
-        fixed = np.zeros(x_map.size, bool)
-        if method == "laplace":
-            fixed[potential.positions("omega")] = True
-        cov, positive = laplace_covariance(potential, x_map, fixed=fixed)
-        info["hessian_positive_definite"] = positive
-    if method == "laplace":
-        samples = laplace_draws(potential, x_map, cov, num_samples, seed)
-        return CohortPosterior.from_draws(cohort, method, samples, chains=1, info=info)
-    if method == "svi":
-        samples, info["elbo_loss_final"] = run_svi(potential, x_map, key, svi_steps, svi_learning_rate, num_samples)
-        return CohortPosterior.from_draws(cohort, method, samples, chains=1, info=info)
-    samples, stats = run_nuts(potential, x_map, cov if positive else None, key, seed, num_warmup=num_warmup,
-                              num_samples=num_samples, num_chains=num_chains, chain_method=chain_method)
-    return CohortPosterior.from_draws(cohort, method, samples, chains=num_chains, info=info, sample_stats=stats)
+    # Laplace keeps omega at its EM estimate (module docstring)
+    omega = np.zeros(x_map.size, bool)
+    omega[potential.positions("omega")] = True
+    samples, chains, stats = draw_posterior(potential, x_map, method, info, seed=seed, num_warmup=num_warmup,
+                                            num_samples=num_samples, num_chains=num_chains,
+                                            chain_method=chain_method, svi_steps=svi_steps,
+                                            svi_learning_rate=svi_learning_rate, laplace_fixed=omega)
+    return CohortPosterior.from_draws(cohort, method, samples, chains=chains, info=info, sample_stats=stats)
 
 
 @dataclass

@@ -152,23 +152,32 @@ def fit(model: pbpk.Model, table: pd.DataFrame, schedule, method: str = "nuts", 
                            separate_ligands=separate_ligands)
     potential = _Potential(problem, seed)
     x_map, opt = find_map(potential)
-    key = jax.random.PRNGKey(seed)
     info = {"map_unconstrained": x_map, "map_iterations": int(opt.nit), "map_success": bool(opt.success)}
+    samples, chains, stats = draw_posterior(potential, x_map, method, info, seed=seed, num_warmup=num_warmup,
+                                            num_samples=num_samples, num_chains=num_chains,
+                                            chain_method=chain_method, svi_steps=svi_steps,
+                                            svi_learning_rate=svi_learning_rate)
+    return Posterior.from_draws(problem, method, samples, chains=chains, info=info, sample_stats=stats)
 
-    if method in ("laplace", "nuts"):
-        cov, positive = laplace_covariance(potential, x_map)
-        info["hessian_positive_definite"] = positive
-    if method == "laplace":
-        samples = laplace_draws(potential, x_map, cov, num_samples, seed)
-        return Posterior.from_draws(problem, method, samples, chains=1, info=info)
 
+def draw_posterior(potential: ChainRulePotential, x_map: np.ndarray, method: str, info: dict, *, seed: int,
+                   num_warmup: int, num_samples: int, num_chains: int, chain_method: str, svi_steps: int,
+                   svi_learning_rate: float, laplace_fixed: np.ndarray | None = None):
+    """Posterior draws by `method` from the optimiser's point `x_map`: Laplace (Gaussian,
+    coordinates in `laplace_fixed` held at x_map), SVI or NUTS (its warm-up mass matrix the
+    full Laplace covariance).  Adds diagnostics to `info`; returns (constrained samples,
+    number of chains, NUTS sample statistics or None)."""
+    key = jax.random.PRNGKey(seed)
     if method == "svi":
         samples, info["elbo_loss_final"] = run_svi(potential, x_map, key, svi_steps, svi_learning_rate, num_samples)
-        return Posterior.from_draws(problem, method, samples, chains=1, info=info)
-
+        return samples, 1, None
+    cov, positive = laplace_covariance(potential, x_map, fixed=laplace_fixed if method == "laplace" else None)
+    info["hessian_positive_definite"] = positive
+    if method == "laplace":
+        return laplace_draws(potential, x_map, cov, num_samples, seed), 1, None
     samples, stats = run_nuts(potential, x_map, cov if positive else None, key, seed, num_warmup=num_warmup,
                               num_samples=num_samples, num_chains=num_chains, chain_method=chain_method)
-    return Posterior.from_draws(problem, method, samples, chains=num_chains, info=info, sample_stats=stats)
+    return samples, num_chains, stats
 
 
 def laplace_draws(potential: ChainRulePotential, x_map: np.ndarray, cov: np.ndarray, num_samples: int,
