@@ -66,7 +66,7 @@ from .fit import METHODS, draw_posterior, find_map, hessian_columns, make_proble
 from .likelihood import ACTIVITY_FLOOR_MBQ, CALIBRATION_SOLVER, Problem, error_scale_site, observe
 from .posterior import Posterior, SampleDiagnostics, error_scale_samples
 from .potential import ChainRulePotential
-from .priors import ERROR_SCALE_MEDIANS, FreeParameter, resolve_free_parameters
+from .priors import FreeParameter, error_scale_medians, resolve_free_parameters
 
 #: Start of the MAP search for each between-patient sd, as a fraction of its prior scale.
 _OMEGA_START = 0.5
@@ -232,7 +232,7 @@ def _cohort_potential(cohort: CohortProblem, seed: int) -> ChainRulePotential:
     positive = biject_to(dist.HalfNormal(1.0).support)
     init = {"mu": jnp.zeros(len(cohort.free)), "omega": jnp.asarray(_OMEGA_START * cohort.prior_sigma),
             "eta": jnp.zeros((len(cohort.patients), len(cohort.free))),
-            "error_scale": jnp.asarray([ERROR_SCALE_MEDIANS[g] for g in cohort.used_error_groups])}
+            "error_scale": jnp.asarray(error_scale_medians(cohort.used_error_groups))}
     return ChainRulePotential(cohort_model, (cohort,), init, seed, forward=cohort.options.adjoint == "forward",
                               theta_of=lambda u: cohort.theta(u["mu"], positive(u["omega"]), u["eta"]),
                               predict=lambda theta: cohort_predictions(cohort, theta))

@@ -45,7 +45,7 @@ from .likelihood import CALIBRATION_SOLVER, Problem, ligand_segments, numpyro_mo
 from .observations import observations_from_table
 from .posterior import Posterior
 from .potential import ChainRulePotential
-from .priors import ERROR_SCALE_MEDIANS, resolve_free_parameters
+from .priors import error_scale_medians, resolve_free_parameters
 
 METHODS = ("nuts", "svi", "laplace")
 _FD_STEP = 1e-4
@@ -73,7 +73,7 @@ def _Potential(problem: Problem, seed: int) -> ChainRulePotential:
     per free parameter through the solve (`potential.ChainRulePotential`), reverse mode
     (SVI) differentiates it directly."""
     init = {"z": jnp.zeros(len(problem.free)),
-            "error_scale": jnp.asarray([ERROR_SCALE_MEDIANS[g] for g in problem.used_error_groups])}
+            "error_scale": jnp.asarray(error_scale_medians(problem.used_error_groups))}
     return ChainRulePotential(numpyro_model, (problem,), init, seed, forward=problem.options.adjoint == "forward",
                               theta_of=lambda sites: problem.theta_from_z(sites["z"]),
                               predict=lambda theta: predicted_activity(problem, theta))

@@ -30,7 +30,7 @@ from jax.scipy.stats import norm
 import pbpk
 
 from .observations import Observations
-from .priors import ERROR_SCALE_MEDIANS, ERROR_SCALE_PRIOR_SIGMA, FreeParameter
+from .priors import ERROR_SCALE_PRIOR_SIGMA, FreeParameter, error_scale_medians
 
 #: Log-density penalty for a failed solve (finite, so optimisers and NUTS stay finite).
 FAILED_SOLVE_LOG_DENSITY = -1e10
@@ -157,7 +157,7 @@ def numpyro_model(problem: Problem, predicted=None):
 def error_scale_site(used: tuple[int, ...]):
     """The ``error_scale`` site: one log-normal proportional error sd per group in `used`
     (indices into ERROR_GROUPS), priors `priors.ERROR_SCALE_MEDIANS`."""
-    medians = jnp.asarray([ERROR_SCALE_MEDIANS[g] for g in used])
+    medians = jnp.asarray(error_scale_medians(used))
     return numpyro.sample("error_scale", dist.LogNormal(jnp.log(medians), ERROR_SCALE_PRIOR_SIGMA).to_event(1))
 
 
