@@ -235,7 +235,7 @@ def _cohort_potential(cohort: CohortProblem, seed: int) -> ChainRulePotential:
             "error_scale": jnp.asarray(error_scale_medians(cohort.used_error_groups))}
     return ChainRulePotential(cohort_model, (cohort,), init, seed, forward=cohort.options.adjoint == "forward",
                               theta_of=lambda u: cohort.theta(u["mu"], positive(u["omega"]), u["eta"]),
-                              predict=lambda theta: cohort_predictions(cohort, theta))
+                              predict=lambda theta, data: cohort_predictions(cohort, theta))
 
 
 def empirical_bayes_spreads(potential: ChainRulePotential, *, max_iter: int = 50,

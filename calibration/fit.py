@@ -26,6 +26,7 @@ All randomness comes from ``seed``; the same call gives the same samples.
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -41,21 +42,24 @@ from numpyro.optim import Adam
 import pbpk
 
 from .errors import CalibrationError
-from .likelihood import CALIBRATION_SOLVER, Problem, ligand_segments, numpyro_model, predicted_activity
+from .likelihood import (CALIBRATION_SOLVER, Problem, ligand_segments, numpyro_model, predicted_activity,
+                         predicted_activity_draws)
 from .observations import observations_from_table
 from .posterior import Posterior
 from .potential import ChainRulePotential
-from .priors import error_scale_medians, resolve_free_parameters
+from .priors import FreeParameter, error_scale_medians, resolve_free_parameters
 
 METHODS = ("nuts", "svi", "laplace")
 _FD_STEP = 1e-4
 
 
 def make_problem(model: pbpk.Model, table: pd.DataFrame, schedule, *, free=None, patient=None,
-                 options: pbpk.SolverOptions = CALIBRATION_SOLVER, separate_ligands: bool = False) -> Problem:
+                 options: pbpk.SolverOptions = CALIBRATION_SOLVER, separate_ligands: bool = False,
+                 fixed: Mapping[str, float] | None = None) -> Problem:
     """Validate the inputs and bundle them for the NumPyro model.  `separate_ligands`:
     solve each ligand's administrations with the model restricted to that ligand
-    (`likelihood.ligand_segments`; much faster for PET + therapy with different ligands)."""
+    (`likelihood.ligand_segments`; much faster for PET + therapy with different ligands).
+    fixed: known patient parameters (`fixed_parameters`)."""
     if not isinstance(model, pbpk.Model):
         raise CalibrationError(f"model: expected a pbpk.Model, got {type(model).__name__}")
     try:
@@ -64,19 +68,56 @@ def make_problem(model: pbpk.Model, table: pd.DataFrame, schedule, *, free=None,
         raise CalibrationError(f"schedule: {exc}") from None
     observations = observations_from_table(table, model, schedule, patient)
     segments = ligand_segments(model, schedule, observations) if separate_ligands else ()
-    return Problem(model, schedule, observations, resolve_free_parameters(model, free), options, segments)
+    free_parameters = resolve_free_parameters(model, free)
+    return Problem(model, schedule, observations, free_parameters, options, segments,
+                   fixed_parameters(model, fixed, free_parameters))
+
+
+def fixed_parameters(model: pbpk.Model, fixed: Mapping[str, float] | None,
+                     free: tuple[FreeParameter, ...]) -> tuple[tuple[str, float], ...]:
+    """Validated ``fixed``: parameters of `model` held at the patient's known values in every
+    solve (covariates such as body_weight_kg, gfr_ml_min, lesion_1_volume_l), so that one
+    model object, and what is compiled for it, serves many patients.  Raises
+    CalibrationError for a name that is not a parameter, a name that is also free, or
+    values that are not finite numbers within the parameters' bounds."""
+    if not fixed:
+        return ()
+    if not isinstance(fixed, Mapping):
+        raise CalibrationError(f"fixed: expected a mapping parameter name -> value, got {type(fixed).__name__}")
+    unknown = sorted(set(fixed) - set(model.parameter_names))
+    if unknown:
+        raise CalibrationError(f"fixed: {unknown} are not parameters of model {model.name!r}")
+    both = sorted(set(fixed) & {f.name for f in free})
+    if both:
+        raise CalibrationError(f"fixed: {both} are also free parameters; a parameter is either fitted or fixed")
+    values = {}
+    for name, value in fixed.items():
+        try:
+            values[name] = float(value)
+        except (TypeError, ValueError):
+            raise CalibrationError(f"fixed: {name} = {value!r}; expected a number") from None
+    compiled = pbpk.compile_model(model)
+    try:
+        compiled.check_parameters(np.asarray(compiled.parameter_vector(values)))
+    except pbpk.ParameterError as exc:
+        raise CalibrationError(f"fixed: {exc}") from None
+    return tuple(sorted(values.items()))
 
 
 def _Potential(problem: Problem, seed: int) -> ChainRulePotential:
     """The potential of one patient's `numpyro_model` on NumPyro's flat unconstrained
-    vector x = (log error scales, z): forward mode (MAP, Laplace, NUTS) sends one tangent
-    per free parameter through the solve (`potential.ChainRulePotential`), reverse mode
-    (SVI) differentiates it directly."""
+    vector x = (log error scales, z): with forward-mode options one tangent per free
+    parameter goes through the solve (`potential.ChainRulePotential`), else reverse mode
+    differentiates it directly.  The patient's values are the potential's data and the
+    rest its structure key, so patients of one protocol and one model object share the
+    compiled potential (traced and compiled once)."""
     init = {"z": jnp.zeros(len(problem.free)),
             "error_scale": jnp.asarray(error_scale_medians(problem.used_error_groups))}
     return ChainRulePotential(numpyro_model, (problem,), init, seed, forward=problem.options.adjoint == "forward",
                               theta_of=lambda sites: problem.theta_from_z(sites["z"]),
-                              predict=lambda theta: predicted_activity(problem, theta))
+                              predict=lambda theta, data: predicted_activity(problem, theta, data["fixed"]),
+                              predict_draws=lambda theta: predicted_activity_draws(problem, theta),
+                              data=problem.data(), cache_key=("patient", problem.structure_key()))
 
 
 def find_map(potential: ChainRulePotential, max_iter: int = 500, *, start: np.ndarray | None = None,
@@ -133,7 +174,7 @@ def fit(model: pbpk.Model, table: pd.DataFrame, schedule, method: str = "nuts", 
         patient: str | None = None, seed: int = 0, num_warmup: int = 500, num_samples: int = 1000,
         num_chains: int = 4, chain_method: str = "sequential", svi_steps: int = 2000,
         svi_learning_rate: float = 0.01, options: pbpk.SolverOptions = CALIBRATION_SOLVER,
-        separate_ligands: bool = False) -> Posterior:
+        separate_ligands: bool = False, fixed: Mapping[str, float] | None = None) -> Posterior:
     """Fit `model` to one patient's time-activity `table` under `schedule`.
 
     method: "nuts" (default), "svi" or "laplace" (see module docstring).
@@ -141,6 +182,9 @@ def fit(model: pbpk.Model, table: pd.DataFrame, schedule, method: str = "nuts", 
       name -> (median, sigma_log); default `calibration.priors.default_free_parameters`.
     separate_ligands: solve each ligand's administrations with its own restricted model
       (`make_problem`).
+    fixed: parameters held at the patient's known values (name -> value, model units;
+      e.g. measured covariates), so one model object serves a whole study
+      (`fixed_parameters`).
     Returns a `Posterior` with `num_samples` draws per chain (Laplace and SVI: one chain).
     """
     if method not in METHODS:
@@ -149,7 +193,7 @@ def fit(model: pbpk.Model, table: pd.DataFrame, schedule, method: str = "nuts", 
     # pass) for every method: SVI's ELBO reaches the solve through the chain-rule gradient
     options = dataclasses.replace(options, adjoint="forward")
     problem = make_problem(model, table, schedule, free=free, patient=patient, options=options,
-                           separate_ligands=separate_ligands)
+                           separate_ligands=separate_ligands, fixed=fixed)
     potential = _Potential(problem, seed)
     x_map, opt = find_map(potential)
     info = {"map_unconstrained": x_map, "map_iterations": int(opt.nit), "map_success": bool(opt.success)}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -45,7 +46,9 @@ ERROR_GROUPS = ("PET organ", "PET lesion", "SPECT organ", "SPECT lesion")
 
 @dataclass(frozen=True)
 class Problem:
-    """Everything the NumPyro model of one patient needs (static for JIT)."""
+    """Everything the NumPyro model of one patient needs (static for JIT).  fixed:
+    (name, value) of parameters held at known patient values (e.g. body weight, GFR,
+    lesion volumes) in every solve, so one model object serves many patients."""
 
     model: pbpk.Model
     schedule: pbpk.Schedule
@@ -53,6 +56,7 @@ class Problem:
     free: tuple[FreeParameter, ...]
     options: pbpk.SolverOptions = CALIBRATION_SOLVER
     segments: tuple["Segment", ...] = ()
+    fixed: tuple[tuple[str, float], ...] = ()
 
     @property
     def free_names(self) -> tuple[str, ...]:
@@ -68,8 +72,38 @@ class Problem:
     def used_error_groups(self) -> tuple[int, ...]:
         return tuple(int(g) for g in np.unique(self.error_groups))
 
-    def parameters(self, theta) -> dict:
-        return {name: theta[k] for k, name in enumerate(self.free_names)}
+    def parameters(self, theta, fixed_values=None) -> dict:
+        """Parameter overrides of a solve: the `fixed` values (the patient's known
+        covariates; `fixed_values` in their order instead when given, e.g. traced) and
+        the free parameters theta."""
+        values = [v for _, v in self.fixed] if fixed_values is None else fixed_values
+        fixed = {name: values[k] for k, (name, _) in enumerate(self.fixed)}
+        return {**fixed, **{name: theta[k] for k, name in enumerate(self.free_names)}}
+
+    def data(self) -> dict:
+        """What differs between patients of one protocol, as arrays (the ``data`` argument
+        of `numpyro_model`): log measured activity (or detection limit), relative
+        measurement sd, the fixed parameters' values."""
+        o = self.observations
+        return {"log_activity": np.log(o.activity_mbq), "relative_uncertainty": np.asarray(o.relative_uncertainty),
+                "fixed": np.array([v for _, v in self.fixed], dtype=float)}
+
+    def structure_key(self) -> tuple:
+        """Everything but `data` that `numpyro_model` reads: problems with equal keys share
+        compiled potentials (`potential.ChainRulePotential`).  Models enter by identity
+        (their compiled form), so patients of one study share them by sharing one model
+        object (known covariates as `fixed`)."""
+        o = self.observations
+
+        def arrays(*values):
+            return tuple((np.asarray(v).dtype.str, np.asarray(v).shape, np.asarray(v).tobytes()) for v in values)
+
+        segments = tuple((pbpk.compile_model(seg.model), seg.schedule.administrations)
+                         + arrays(seg.rows, seg.times_h, seg.time_index)
+                         for seg in self.segments)
+        return (pbpk.compile_model(self.model), self.schedule.administrations, self.free, self.options, segments,
+                tuple(name for name, _ in self.fixed), o.nuclide,
+                arrays(o.times_h, o.time_index, o.region_index, o.modality_index, o.is_lesion, o.censored))
 
     def theta_from_z(self, z):
         median = jnp.asarray([f.median for f in self.free])
@@ -111,47 +145,66 @@ def ligand_segments(model: pbpk.Model, schedule: pbpk.Schedule, observations: Ob
     return tuple(segments)
 
 
-def predicted_activity(problem: Problem, theta):
-    """Model activity (MBq) at every observation, and whether the solve succeeded."""
+def predicted_activity(problem: Problem, theta, fixed_values=None):
+    """Model activity (MBq) at every observation, and whether the solve succeeded
+    (fixed_values: `Problem.parameters`)."""
+    params = problem.parameters(theta, fixed_values)
+    return _gather_predictions(problem, lambda model, schedule, times: pbpk.simulate(
+        model, schedule, times, params, tia=False, options=problem.options, check=False))
+
+
+def predicted_activity_draws(problem: Problem, theta: np.ndarray):
+    """`predicted_activity` of many draws theta (n, K) at once (concrete values, outside
+    JIT): (activity (n, rows), ok (n,)).  The draws share one lockstep solve per segment
+    (`pbpk.simulate_cohort`, failing draws isolated: compiled once per model and schedule
+    structure, so the draws of other fits of the same model object reuse it); each draw
+    alone (vmap) for solvers other than Rodas4."""
+    theta = jnp.asarray(theta)
+    if problem.options.method != "rodas4" or theta.shape[0] < 2:
+        return jax.jit(jax.vmap(lambda th: predicted_activity(problem, th)))(theta)
+    params = problem.parameters(theta.T)
+    return _gather_predictions(problem, lambda model, schedule, times: pbpk.simulate_cohort(
+        model, schedule, times, params, tia=False, options=problem.options, check=False, isolate_failures=True))
+
+
+def _gather_predictions(problem: Problem, solve):
+    """(activity at every observation, ok) from ``solve(model, schedule, times_h)`` of each
+    ligand segment (or of the whole problem), one trajectory or a set of them (then every
+    output has a leading set axis); failed or non-finite predictions become 1.0."""
     o = problem.observations
-    params = problem.parameters(theta)
-    if problem.segments:
-        pred = jnp.zeros(o.activity_mbq.shape)
-        ok = jnp.asarray(True)
-        for seg in problem.segments:
-            traj = pbpk.simulate(seg.model, seg.schedule, seg.times_h, params, tia=False, options=problem.options,
-                                 check=False)
-            nuclide_index = np.array([traj.nuclides.index(o.nuclide[i]) for i in seg.rows], dtype=int)
-            pred = pred.at[seg.rows].set(traj.region_activity_mbq[nuclide_index, o.region_index[seg.rows],
-                                                                  seg.time_index])
-            ok = ok & traj.solver_ok
-    else:
-        traj = pbpk.simulate(problem.model, problem.schedule, o.times_h, params, tia=False, options=problem.options,
-                             check=False)
-        nuclide_index = np.array([traj.nuclides.index(n) for n in o.nuclide], dtype=int)
-        pred = traj.region_activity_mbq[nuclide_index, o.region_index, o.time_index]
-        ok = traj.solver_ok
-    ok = ok & jnp.all(jnp.isfinite(pred))
-    return jnp.where(ok, jnp.maximum(pred, ACTIVITY_FLOOR_MBQ), 1.0), ok
+    parts = [(seg.model, seg.schedule, seg.times_h, seg.rows, seg.time_index) for seg in problem.segments] or \
+        [(problem.model, problem.schedule, o.times_h, np.arange(o.activity_mbq.size), o.time_index)]
+    pred, ok = None, jnp.asarray(True)
+    for model, schedule, times, rows, time_index in parts:
+        traj = solve(model, schedule, times)
+        nuclide_index = np.array([traj.nuclides.index(o.nuclide[i]) for i in rows], dtype=int)
+        values = traj.region_activity_mbq[..., nuclide_index, o.region_index[rows], time_index]
+        if pred is None:
+            pred = jnp.zeros(values.shape[:-1] + o.activity_mbq.shape)
+        pred = pred.at[..., rows].set(values)
+        ok = ok & traj.solver_ok
+    ok = ok & jnp.all(jnp.isfinite(pred), axis=-1)
+    return jnp.where(ok[..., None], jnp.maximum(pred, ACTIVITY_FLOOR_MBQ), 1.0), ok
 
 
-def numpyro_model(problem: Problem, predicted=None):
+def numpyro_model(problem: Problem, predicted=None, data=None):
     """The NumPyro model (see module docstring).  Sites: ``z`` (standard-normal free
     parameters), ``error_scale`` (used groups only), deterministic ``theta`` and
     ``solver_ok``, observed ``log_activity`` and a censoring factor.
 
     predicted: optional ``(activity_mbq, solver_ok)`` already computed for this ``z`` by
     `predicted_activity` (the fit's chain-rule gradient supplies them; the ODE is then
-    not solved here)."""
+    not solved here).  data: `Problem.data()` (default), possibly traced."""
     o = problem.observations
+    data = problem.data() if data is None else data
     z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([len(problem.free)]).to_event(1))
     theta = numpyro.deterministic("theta", problem.theta_from_z(z))
     used = problem.used_error_groups
     scale = error_scale_site(used)
-    pred, ok = predicted_activity(problem, theta) if predicted is None else predicted
+    pred, ok = predicted_activity(problem, theta, data["fixed"]) if predicted is None else predicted
 
     group = np.searchsorted(np.asarray(used), problem.error_groups)
-    observe(np.log(o.activity_mbq), o.relative_uncertainty, group, ~o.censored, o.censored, pred, ok, scale)
+    observe(data["log_activity"], data["relative_uncertainty"], group, ~o.censored, o.censored, pred, ok, scale)
 
 
 def error_scale_site(used: tuple[int, ...]):

@@ -33,7 +33,7 @@ from .errors import ParameterError, PBPKError, SolverError
 from .model import Model
 from .schedule import Administration, Schedule, as_schedule
 from .simulate import (SolverOptions, Trajectory, _failure_message, _initial_amounts, _postprocess, _run_inputs,
-                       _solve_lockstep)
+                       _solve, _solve_lockstep)
 
 
 def _parameter_matrix(model: Model, params: Mapping[str, object]) -> tuple[jnp.ndarray, int]:
@@ -65,6 +65,7 @@ def simulate_cohort(
     tia: bool = True,
     options: SolverOptions = SolverOptions(),
     check: bool = True,
+    isolate_failures: bool = False,
 ) -> Trajectory:
     """Simulate `model` for many parameter sets under one `schedule` (lockstep solve).
 
@@ -73,6 +74,9 @@ def simulate_cohort(
     `jax.vmap(simulate)` would give (amounts_nmol (N, n_times, n_species),
     region_activity_mbq (N, n_nuclides, n_regions, n_times), region_tia_mbq_h
     (N, n_nuclides, n_regions), solver_ok (N,), ...).
+    With check=False a failing set fails the shared solve (every `solver_ok` False);
+    isolate_failures=True (concrete parameters) then solves each set alone (vmap), so only
+    the failing sets are flagged.
     Raises ParameterError naming the set (row) whose values are out of bounds (concrete
     values), SolverError when the shared solve fails (unless check=False; then see
     `solver_ok`), PBPKError for a method other than Rodas4, and the errors of `simulate`
@@ -95,6 +99,9 @@ def simulate_cohort(
             except ParameterError as err:
                 raise ParameterError(f"parameter set {k}: {err}") from None
     amounts, y_end, ok, lam, doses_nmol = _solve_lockstep(run.plan, options, bool(tia), p, *run.solve_arguments(y_init))
+    if isolate_failures and concrete and not check and not bool(jnp.all(ok)):
+        amounts, y_end, ok, lam, doses_nmol = jax.vmap(
+            lambda q: _solve(run.plan, options, bool(tia), q, *run.solve_arguments(y_init)))(p)
     if check and concrete and not bool(jnp.all(ok)):
         failed = np.flatnonzero(~np.asarray(ok))
         raise SolverError(f"{_failure_message(model, options)}; lockstep solve of {n_sets} parameter sets, "

@@ -48,10 +48,12 @@ def _lambdify(args, exprs) -> Callable:
 @dataclass(frozen=True, eq=False)
 class CompiledModel:
     """JAX callables and index tables for one `Model`; `plans` caches the static
-    simulation plans (one per schedule structure) built by `pbpk.simulate`."""
+    simulation plans (one per schedule structure) built by `pbpk.simulate`, `restricted`
+    the models restricted to some ligands (`pbpk.restrict.restrict_ligands`)."""
 
     model: Model
     plans: dict = field(default_factory=dict, repr=False)
+    restricted: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------ symbols
     @cached_property

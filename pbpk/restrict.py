@@ -22,16 +22,28 @@ from typing import Iterable
 
 import sympy as sp
 
+from .compile import compile_model
 from .errors import ModelError
 from .model import Model
 
 
 def restrict_ligands(model: Model, ligands: Iterable[str]) -> Model:
-    """`model` with only the species of `ligands` (and ligand-free species) (see module doc)."""
-    keep = set(ligands)
+    """`model` with only the species of `ligands` (and ligand-free species) (see module doc).
+
+    The result is cached on the model's compiled form: restricting one model object again
+    returns the same object, so what is compiled for it (`pbpk.simulate`'s solve programs)
+    is reused, e.g. by the fits of many patients that share one model."""
+    keep = frozenset(ligands)
     unknown = sorted(keep - set(model.ligands))
     if unknown:
         raise ModelError(f"model {model.name!r}: no ligand(s) {unknown}; it has {list(model.ligands)}")
+    cache = compile_model(model).restricted
+    if keep not in cache:
+        cache[keep] = _restrict(model, keep)
+    return cache[keep]
+
+
+def _restrict(model: Model, keep: frozenset) -> Model:
     removed = {s.name for s in model.species if s.ligand is not None and s.ligand not in keep}
     if not removed:
         return model

@@ -7,6 +7,7 @@ activity at six SPECT time points.
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -97,6 +98,12 @@ def test_nuts_diagnostics(fits):
 def test_predicted_tia_covers_truth_and_answers_unobserved_schedules(fits, toy, schedule, truth_trajectory):
     post = fits["nuts"]
     pred = post.predict(schedule, max_draws=100).set_index("region")
+    # the draws are solved in lockstep: the same quantiles as each draw simulated alone
+    options = post.problem.options
+    alone = jax.vmap(lambda th: pbpk.simulate(toy, schedule, [0.0], post.problem.parameters(th), options=options,
+                                              check=False).tia_mbq_h["kidneys"])(jnp.asarray(post._thinned_theta(100, 0)))
+    np.testing.assert_allclose(pred.loc["kidneys", ["tia_mbq_h_q05", "tia_mbq_h_q50", "tia_mbq_h_q95"]].to_numpy(float),
+                               np.quantile(np.asarray(alone), [0.05, 0.5, 0.95]), rtol=2e-5)
     for region in ("kidneys", "lesion_1"):
         true = float(truth_trajectory.tia_mbq_h[region])
         assert pred.loc[region, "tia_mbq_h_q05"] <= true <= pred.loc[region, "tia_mbq_h_q95"], region
@@ -172,6 +179,60 @@ def test_bad_fit_arguments(toy, table, schedule):
         make_problem(toy, table, schedule, free=["kidney_rden"])
     with pytest.raises(calibration.CalibrationError, match="sigma_log"):
         calibration.FreeParameter("clearance_per_h", 0.3, 0.0)
+
+
+def test_fixed_parameters_enter_every_solve(toy, table, schedule):
+    """fixed= holds known patient parameters in the solves of the likelihood: the problem's
+    predictions equal a direct simulation with those values; bad fixed values are refused."""
+    from calibration.likelihood import predicted_activity
+
+    fixed = {"kon_l_nmol_h": 2.0, "koff_per_h": 0.03}
+    free = {k: v for k, v in FREE.items() if k != "clearance_per_h"}
+    problem = make_problem(toy, table, schedule, free=free, fixed=fixed, options=TEST_SOLVER)
+    theta = jnp.asarray([55.0, 40.0])
+    pred, ok = predicted_activity(problem, theta)
+    direct = pbpk.simulate(toy, schedule, TIMES_H, {**fixed, **problem.parameters(theta)}, tia=False,
+                           options=TEST_SOLVER)
+    expected = np.concatenate([np.asarray(direct.activity_mbq[r]) for r in REGIONS])
+    assert bool(ok)
+    np.testing.assert_allclose(np.asarray(pred), expected, rtol=1e-12)
+    default = pbpk.simulate(toy, schedule, TIMES_H, problem.parameters(theta) | {"kon_l_nmol_h": 2.76,
+                                                                               "koff_per_h": 0.015},
+                            options=TEST_SOLVER)
+    assert abs(float(default.activity_mbq["kidneys"][-1]) / expected[len(TIMES_H) - 1] - 1) > 0.05
+    for bad, match in (({"no_such": 1.0}, "not parameters"), ({"clearance_per_h": 0.2}, "also free"),
+                       ({"koff_per_h": -1.0}, "outside its bounds"), ({"koff_per_h": "fast"}, "expected a number")):
+        with pytest.raises(calibration.CalibrationError, match=match):
+            make_problem(toy, table, schedule, free=FREE if "clearance_per_h" in bad else free, fixed=bad)
+
+
+def test_patients_of_one_protocol_share_the_compiled_potential(toy, table, schedule):
+    """A second patient with the same design (other measured values, other fixed values)
+    reuses the first one's compiled potential, and its value and gradient equal those of
+    a potential compiled for it alone."""
+    from calibration.fit import ChainRulePotential, numpyro_model, predicted_activity
+    from calibration.priors import error_scale_medians
+
+    options = pbpk.SolverOptions(rtol=1e-5, atol=1e-8, max_steps=4096, adjoint="forward")
+    free = {k: v for k, v in FREE.items() if k != "clearance_per_h"}
+    first = make_problem(toy, table, schedule, free=free, fixed={"clearance_per_h": 0.25}, options=options)
+    other_table = table.assign(activity_mbq=table["activity_mbq"] * np.linspace(0.8, 1.3, len(table)))
+    second = make_problem(toy, other_table, schedule, free=free, fixed={"clearance_per_h": 0.18}, options=options)
+    assert first.structure_key() == second.structure_key()
+    a, b = _Potential(first, seed=0), _Potential(second, seed=0)
+    assert b._compiled is a._compiled
+    init = {"z": jnp.zeros(2), "error_scale": jnp.asarray(error_scale_medians(second.used_error_groups))}
+    alone = ChainRulePotential(numpyro_model, (second,), init, 0,
+                               forward=True, theta_of=lambda sites: second.theta_from_z(sites["z"]),
+                               predict=lambda theta, data: predicted_activity(second, theta))
+    x = b.x0 + 0.1 * np.arange(b.x0.size) - 0.15
+    (v_b, g_b), (v_alone, g_alone), (v_a, _) = b.value_and_grad(x), alone.value_and_grad(x), a.value_and_grad(x)
+    np.testing.assert_allclose(float(v_b), float(v_alone), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(g_b), np.asarray(g_alone), rtol=1e-9)
+    assert abs(float(v_a) - float(v_b)) > 1.0  # other data, other potential
+    other_design = make_problem(toy, table[table["time_h"] < 100], schedule, free=free,
+                                fixed={"clearance_per_h": 0.25}, options=options)
+    assert other_design.structure_key() != first.structure_key()
 
 
 def test_observations_index_the_schedule_clock(toy, table):

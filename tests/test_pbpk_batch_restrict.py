@@ -46,6 +46,8 @@ def test_restricted_model_is_exact_for_its_own_ligand(pet_therapy_model, lu_mode
     np.testing.assert_allclose(part.tia_of("Lu-177")["lesion_1"], full.tia_of("Lu-177")["lesion_1"], rtol=1e-4)
     with pytest.raises(pbpk.ModelError, match="no ligand"):
         restrict_ligands(pet_therapy_model, ["DOTATATE"])
+    # cached on the model: the same object again, so its compiled solves are reused
+    assert restrict_ligands(pet_therapy_model, ("PSMA-617",)) is lu_only
 
 
 def test_separate_ligands_neglect_little_competition(pet_therapy_model):
