@@ -42,12 +42,12 @@ from numpyro.optim import Adam
 import pbpk
 
 from .errors import CalibrationError
-from .likelihood import (CALIBRATION_SOLVER, Problem, ligand_segments, numpyro_model, predicted_activity,
-                         predicted_activity_draws)
+from .likelihood import (CALIBRATION_SOLVER, ERROR_GROUPS, Problem, ligand_segments, numpyro_model,
+                         predicted_activity, predicted_activity_draws)
 from .observations import observations_from_table
 from .posterior import Posterior
 from .potential import ChainRulePotential
-from .priors import FreeParameter, error_scale_medians, resolve_free_parameters
+from .priors import ERROR_SCALE_MEDIANS, FreeParameter, error_scale_medians, resolve_free_parameters
 
 METHODS = ("nuts", "svi", "laplace")
 _FD_STEP = 1e-4
@@ -55,11 +55,13 @@ _FD_STEP = 1e-4
 
 def make_problem(model: pbpk.Model, table: pd.DataFrame, schedule, *, free=None, patient=None,
                  options: pbpk.SolverOptions = CALIBRATION_SOLVER, separate_ligands: bool = False,
-                 fixed: Mapping[str, float] | None = None) -> Problem:
+                 fixed: Mapping[str, float] | None = None,
+                 error_scales: Mapping[str, float] | None = None) -> Problem:
     """Validate the inputs and bundle them for the NumPyro model.  `separate_ligands`:
     solve each ligand's administrations with the model restricted to that ligand
     (`likelihood.ligand_segments`; much faster for PET + therapy with different ligands).
-    fixed: known patient parameters (`fixed_parameters`)."""
+    fixed: known patient parameters (`fixed_parameters`); error_scales: error-scale prior
+    medians (`error_scale_prior`)."""
     if not isinstance(model, pbpk.Model):
         raise CalibrationError(f"model: expected a pbpk.Model, got {type(model).__name__}")
     try:
@@ -70,7 +72,27 @@ def make_problem(model: pbpk.Model, table: pd.DataFrame, schedule, *, free=None,
     segments = ligand_segments(model, schedule, observations) if separate_ligands else ()
     free_parameters = resolve_free_parameters(model, free)
     return Problem(model, schedule, observations, free_parameters, options, segments,
-                   fixed_parameters(model, fixed, free_parameters))
+                   fixed_parameters(model, fixed, free_parameters), error_scale_prior(error_scales))
+
+
+def error_scale_prior(error_scales: Mapping[str, float] | None) -> tuple[float, ...]:
+    """Prior medians of the error scales, one per `ERROR_GROUPS` entry: the published
+    defaults (`priors.ERROR_SCALE_MEDIANS`) with the groups named in `error_scales`
+    (e.g. {"SPECT lesion": 0.15}: a site's measured quantification precision, relative
+    sd) replaced.  Raises CalibrationError for an unknown group or a value that is not a
+    positive finite number."""
+    medians = dict(zip(ERROR_GROUPS, ERROR_SCALE_MEDIANS))
+    for group, value in (error_scales or {}).items():
+        if group not in medians:
+            raise CalibrationError(f"error_scales: unknown group {group!r}; expected one of {ERROR_GROUPS}")
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise CalibrationError(f"error_scales[{group!r}] = {value!r}; expected a positive number") from None
+        if not (np.isfinite(value) and value > 0):
+            raise CalibrationError(f"error_scales[{group!r}] = {value!r}; expected a positive number")
+        medians[group] = value
+    return tuple(medians[g] for g in ERROR_GROUPS)
 
 
 def fixed_parameters(model: pbpk.Model, fixed: Mapping[str, float] | None,
@@ -112,7 +134,7 @@ def _Potential(problem: Problem, seed: int) -> ChainRulePotential:
     rest its structure key, so patients of one protocol and one model object share the
     compiled potential (traced and compiled once)."""
     init = {"z": jnp.zeros(len(problem.free)),
-            "error_scale": jnp.asarray(error_scale_medians(problem.used_error_groups))}
+            "error_scale": jnp.asarray(error_scale_medians(problem.used_error_groups, problem.error_scale_prior))}
     return ChainRulePotential(numpyro_model, (problem,), init, seed, forward=problem.options.adjoint == "forward",
                               theta_of=lambda sites: problem.theta_from_z(sites["z"]),
                               predict=lambda theta, data: predicted_activity(problem, theta, data["fixed"]),
@@ -174,7 +196,8 @@ def fit(model: pbpk.Model, table: pd.DataFrame, schedule, method: str = "nuts", 
         patient: str | None = None, seed: int = 0, num_warmup: int = 500, num_samples: int = 1000,
         num_chains: int = 4, chain_method: str = "sequential", svi_steps: int = 2000,
         svi_learning_rate: float = 0.01, options: pbpk.SolverOptions = CALIBRATION_SOLVER,
-        separate_ligands: bool = False, fixed: Mapping[str, float] | None = None) -> Posterior:
+        separate_ligands: bool = False, fixed: Mapping[str, float] | None = None,
+        error_scales: Mapping[str, float] | None = None) -> Posterior:
     """Fit `model` to one patient's time-activity `table` under `schedule`.
 
     method: "nuts" (default), "svi" or "laplace" (see module docstring).
@@ -185,6 +208,8 @@ def fit(model: pbpk.Model, table: pd.DataFrame, schedule, method: str = "nuts", 
     fixed: parameters held at the patient's known values (name -> value, model units;
       e.g. measured covariates), so one model object serves a whole study
       (`fixed_parameters`).
+    error_scales: prior medians of the proportional error scales by group name (ERROR_GROUPS),
+      replacing the published defaults for the groups given (`error_scale_prior`).
     Returns a `Posterior` with `num_samples` draws per chain (Laplace and SVI: one chain).
     """
     if method not in METHODS:
@@ -193,7 +218,7 @@ def fit(model: pbpk.Model, table: pd.DataFrame, schedule, method: str = "nuts", 
     # pass) for every method: SVI's ELBO reaches the solve through the chain-rule gradient
     options = dataclasses.replace(options, adjoint="forward")
     problem = make_problem(model, table, schedule, free=free, patient=patient, options=options,
-                           separate_ligands=separate_ligands, fixed=fixed)
+                           separate_ligands=separate_ligands, fixed=fixed, error_scales=error_scales)
     potential = _Potential(problem, seed)
     x_map, opt = find_map(potential)
     info = {"map_unconstrained": x_map, "map_iterations": int(opt.nit), "map_success": bool(opt.success)}

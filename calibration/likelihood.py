@@ -31,7 +31,7 @@ from jax.scipy.stats import norm
 import pbpk
 
 from .observations import Observations
-from .priors import ERROR_SCALE_PRIOR_SIGMA, FreeParameter, error_scale_medians
+from .priors import ERROR_SCALE_MEDIANS, ERROR_SCALE_PRIOR_SIGMA, FreeParameter, error_scale_medians
 
 #: Log-density penalty for a failed solve (finite, so optimisers and NUTS stay finite).
 FAILED_SOLVE_LOG_DENSITY = -1e10
@@ -48,7 +48,8 @@ ERROR_GROUPS = ("PET organ", "PET lesion", "SPECT organ", "SPECT lesion")
 class Problem:
     """Everything the NumPyro model of one patient needs (static for JIT).  fixed:
     (name, value) of parameters held at known patient values (e.g. body weight, GFR,
-    lesion volumes) in every solve, so one model object serves many patients."""
+    lesion volumes) in every solve, so one model object serves many patients;
+    error_scale_prior: prior median of each error group's scale (ERROR_GROUPS order)."""
 
     model: pbpk.Model
     schedule: pbpk.Schedule
@@ -57,6 +58,7 @@ class Problem:
     options: pbpk.SolverOptions = CALIBRATION_SOLVER
     segments: tuple["Segment", ...] = ()
     fixed: tuple[tuple[str, float], ...] = ()
+    error_scale_prior: tuple[float, ...] = ERROR_SCALE_MEDIANS
 
     @property
     def free_names(self) -> tuple[str, ...]:
@@ -102,7 +104,7 @@ class Problem:
                          + arrays(seg.rows, seg.times_h, seg.time_index)
                          for seg in self.segments)
         return (pbpk.compile_model(self.model), self.schedule.administrations, self.free, self.options, segments,
-                tuple(name for name, _ in self.fixed), o.nuclide,
+                tuple(name for name, _ in self.fixed), self.error_scale_prior, o.nuclide,
                 arrays(o.times_h, o.time_index, o.region_index, o.modality_index, o.is_lesion, o.censored))
 
     def theta_from_z(self, z):
@@ -200,17 +202,18 @@ def numpyro_model(problem: Problem, predicted=None, data=None):
     z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([len(problem.free)]).to_event(1))
     theta = numpyro.deterministic("theta", problem.theta_from_z(z))
     used = problem.used_error_groups
-    scale = error_scale_site(used)
+    scale = error_scale_site(used, problem.error_scale_prior)
     pred, ok = predicted_activity(problem, theta, data["fixed"]) if predicted is None else predicted
 
     group = np.searchsorted(np.asarray(used), problem.error_groups)
     observe(data["log_activity"], data["relative_uncertainty"], group, ~o.censored, o.censored, pred, ok, scale)
 
 
-def error_scale_site(used: tuple[int, ...]):
+def error_scale_site(used: tuple[int, ...], medians=ERROR_SCALE_MEDIANS):
     """The ``error_scale`` site: one log-normal proportional error sd per group in `used`
-    (indices into ERROR_GROUPS), priors `priors.ERROR_SCALE_MEDIANS`."""
-    medians = jnp.asarray(error_scale_medians(used))
+    (indices into ERROR_GROUPS), prior medians `medians` (one per group; default
+    `priors.ERROR_SCALE_MEDIANS`), log-sd `priors.ERROR_SCALE_PRIOR_SIGMA`."""
+    medians = jnp.asarray(error_scale_medians(used, medians))
     return numpyro.sample("error_scale", dist.LogNormal(jnp.log(medians), ERROR_SCALE_PRIOR_SIGMA).to_event(1))
 
 

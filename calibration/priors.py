@@ -43,9 +43,10 @@ ERROR_SCALE_MEDIANS = (0.35, 0.27, 0.16, 0.39)
 ERROR_SCALE_PRIOR_SIGMA = 0.5
 
 
-def error_scale_medians(groups) -> list[float]:
-    """Prior medians of the error scales of `groups` (indices into ERROR_GROUPS)."""
-    return [ERROR_SCALE_MEDIANS[g] for g in groups]
+def error_scale_medians(groups, medians=ERROR_SCALE_MEDIANS) -> list[float]:
+    """Prior medians of the error scales of `groups` (indices into ERROR_GROUPS), from
+    `medians` (one per group; default the published ERROR_SCALE_MEDIANS)."""
+    return [medians[g] for g in groups]
 
 
 @dataclass(frozen=True)

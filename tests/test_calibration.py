@@ -235,6 +235,21 @@ def test_patients_of_one_protocol_share_the_compiled_potential(toy, table, sched
     assert other_design.structure_key() != first.structure_key()
 
 
+def test_error_scale_priors_can_be_set_per_group(toy, table, schedule):
+    """error_scales= replaces the published prior medians of the groups named (the fit
+    starts at them), the others keep theirs; unknown groups and bad values are refused."""
+    problem = make_problem(toy, table, schedule, free=FREE, error_scales={"SPECT lesion": 0.1})
+    assert problem.error_scale_prior == (0.35, 0.27, 0.16, 0.1)
+    potential = _Potential(problem, seed=0)
+    start = potential.unravel(jnp.asarray(potential.x0))["error_scale"]  # log of the medians (SPECT organ, lesion)
+    np.testing.assert_allclose(np.exp(np.asarray(start)), [0.16, 0.1], rtol=1e-12)
+    assert problem.structure_key() != make_problem(toy, table, schedule, free=FREE).structure_key()
+    for bad, match in (({"MRI organ": 0.1}, "unknown group"), ({"PET organ": 0.0}, "positive"),
+                       ({"PET organ": "low"}, "positive")):
+        with pytest.raises(calibration.CalibrationError, match=match):
+            make_problem(toy, table, schedule, free=FREE, error_scales=bad)
+
+
 def test_observations_index_the_schedule_clock(toy, table):
     """time_h is after the row's own injection: with the therapy given at 10 h, the
     schedule-clock times shift by 10 h; uncertainty becomes relative."""

@@ -1,0 +1,172 @@
+"""Time per patient of `calibration.fit` (Laplace, SVI, NUTS) on the full two-ligand PSMA
+model and on its MBAM reduction (issue 6 benchmark: NUTS 4 chains x 1000 samples after
+warm-up <= 120 s and SVI/Laplace <= 10 s on a reduced model of <= 15 parameters, on a
+2-core CPU; full-model times reported).
+
+Design (one virtual patient per model): 68Ga-PSMA-11 PET (150 MBq, 1.6 nmol) imaged at
+1 h, 177Lu-PSMA-617 therapy (7.4 GBq, 90 nmol) a week later imaged at 4, 24 and 96 h;
+regions kidneys, salivary glands, liver, spleen, lesion_1, lesion_2 (24 values).  Data =
+the model's own activities at parameters 0.3 log units off the prior centres (alternating
+sign; the prior is not centred on the truth) times log-normal noise (5 % PET, 10 % SPECT),
+so each model is fitted to data it can represent.  Free: the reduction's 14 parameters
+(benchmarks/results/mbam_psma/free.json: PS products of muscle and the lesions, receptor
+densities, release rates), default priors, the same names for both models.  Reduced model:
+benchmarks/results/mbam_psma/psma_reduced.xml (`pbpk.from_sbml`, 176 species against the
+full model's 228).  Ligands solved separately (``separate_ligands=True``), solver
+`calibration.CALIBRATION_SOLVER` (rtol 1e-5), forward-mode derivatives (as `fit`).
+
+The phases of `calibration.fit` are timed apart (same functions, same order):
+set-up (table checks, ligand segments, NumPyro model tracing) and the first gradient
+(JAX compilation; a second patient of the same protocol and model object skips both),
+the MAP search, then per method: Laplace (central-difference Hessian + 1000 draws, each
+draw's solve recorded: timed twice, the first call compiles the lockstep solves), SVI (`svi_steps` Adam steps + 1000 draws),
+NUTS (``--chains`` x (``--nuts-warmup`` + ``--nuts-samples``) sequential chains).  NUTS at
+the issue's size is projected from the measured seconds per iteration (warm-up and
+sampling alike): 4 x (500 + 1000) iterations, two chains at a time on the two cores
+(``chain_method="parallel"``), so projected = 4 x 1500 x s/iteration / 2.
+
+Run:  .venv/bin/python benchmarks/bench_calibration_speed.py [--models reduced full]
+          [--nuts-warmup 30] [--nuts-samples 30] [--chains 1] [--svi-steps 2000]
+Measured: see benchmarks/results/bench_calibration_speed_cpu.txt.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import importlib  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import calibration  # noqa: E402
+import pbpk  # noqa: E402
+
+fit_module = importlib.import_module("calibration.fit")  # `calibration.fit` is the function
+REDUCTION = Path(__file__).resolve().parent / "results" / "mbam_psma"
+GA, LU = "Ga-68-PSMA-11", "Lu-177-PSMA-617"
+SCHEDULE = pbpk.Schedule([pbpk.Administration(0.0, 150.0, 1.6, GA), pbpk.Administration(168.0, 7400.0, 90.0, LU)])
+PET_H, SPECT_H = (1.0,), (4.0, 24.0, 96.0)
+REGIONS = ("kidneys", "salivary_glands", "liver", "spleen", "lesion_1", "lesion_2")
+SIGMA_LOG = {"PT": 0.05, "NM": 0.10}
+OFFSET_LOG = 0.3
+ISSUE_CHAINS, ISSUE_WARMUP, ISSUE_SAMPLES, CORES = 4, 500, 1000, 2
+
+
+def models() -> dict[str, pbpk.Model]:
+    return {"reduced": pbpk.from_sbml(REDUCTION / "psma_reduced.xml"), "full": pbpk.psma_model((GA, LU))}
+
+
+def virtual_table(model: pbpk.Model, free: list[str], seed: int = 0) -> pd.DataFrame:
+    """Noisy PET + SPECT table of `model` at the free parameters' prior centres times
+    exp(+-OFFSET_LOG) (see module doc)."""
+    priors = {f.name: f for f in calibration.priors.resolve_free_parameters(model, free)}
+    truth = {n: priors[n].median * float(np.exp(OFFSET_LOG * (-1) ** k)) for k, n in enumerate(free)}
+    therapy_h = SCHEDULE.administrations[1].time_h
+    times = np.array(list(PET_H) + [therapy_h + t for t in SPECT_H])
+    traj = pbpk.simulate(model, SCHEDULE, times, truth, tia=False)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for nuclide, modality, tracer, index, t0 in (("Ga-68", "PT", GA, range(len(PET_H)), 0.0),
+                                                 ("Lu-177", "NM", LU, range(len(PET_H), times.size), therapy_h)):
+        activity = traj.activity_of(nuclide)
+        for region in REGIONS:
+            for i in index:
+                a = float(activity[region][i]) * float(np.exp(SIGMA_LOG[modality] * rng.standard_normal()))
+                rows.append(dict(patient="virtual", modality=modality, tracer=tracer, time_h=times[i] - t0,
+                                 region=region, activity_mbq=a))
+    return pd.DataFrame(rows)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def run(name: str, model: pbpk.Model, free: list[str], args) -> list[dict]:
+    """Rows (model, phase, seconds, note) of one patient's fits (module doc)."""
+    table = virtual_table(model, free)
+    options = dataclasses.replace(calibration.CALIBRATION_SOLVER, adjoint="forward")
+    rows = []
+
+    def row(phase, seconds, note=""):
+        rows.append(dict(model=name, species=len(model.species), free=len(free), phase=phase, seconds=seconds,
+                         note=note))
+        print(f"{name:8s} {phase:34s} {seconds:9.2f} s  {note}", flush=True)
+
+    problem, t_setup = timed(lambda: fit_module.make_problem(model, table, SCHEDULE, free=free, options=options,
+                                                             separate_ligands=True))
+    potential, t_trace = timed(lambda: fit_module._Potential(problem, seed=0))
+    row("set-up + model tracing", t_setup + t_trace)
+    _, t_first = timed(lambda: potential.scipy_objective(potential.x0))
+    row("first gradient (compilation)", t_first)
+    grads = [timed(lambda: potential.scipy_objective(potential.x0 + 0.01 * k))[1] for k in range(1, 6)]
+    row("one gradient (median of 5)", float(np.median(grads)), f"{len(free)} forward tangents")
+    (x_map, opt), t_map = timed(lambda: fit_module.find_map(potential))
+    row("MAP (L-BFGS)", t_map, f"{opt.nit} iterations, {opt.nfev} gradients")
+
+    key = jax.random.PRNGKey(0)
+    (cov, positive), t_hess = timed(lambda: fit_module.laplace_covariance(potential, x_map))
+    _, t_first_draws = timed(lambda: fit_module.laplace_draws(potential, x_map, cov, 1000, 0))
+    _, t_draws = timed(lambda: fit_module.laplace_draws(potential, x_map, cov, 1000, 1))
+    row("Laplace: Hessian", t_hess, f"positive definite: {positive}")
+    row("Laplace: 1000 draws, first call", t_first_draws, "compiles the lockstep solves (once per model)")
+    row("Laplace: 1000 draws", t_draws, "each draw's solve (lockstep)")
+    row("Laplace total after compilation", t_map + t_hess + t_draws, "target <= 10 s on the reduced model")
+
+    (_, loss), t_svi = timed(lambda: fit_module.run_svi(potential, x_map, key, args.svi_steps, 0.01, 1000))
+    row(f"SVI: {args.svi_steps} steps + 1000 draws", t_svi, f"final ELBO loss {loss:.1f}")
+    row("SVI total after compilation", t_map + t_svi, "target <= 10 s on the reduced model")
+
+    iterations = args.chains * (args.nuts_warmup + args.nuts_samples)
+    (_, stats), t_nuts = timed(lambda: fit_module.run_nuts(
+        potential, x_map, cov if positive else None, key, 0, num_warmup=args.nuts_warmup,
+        num_samples=args.nuts_samples, num_chains=args.chains, chain_method="sequential"))
+    steps = float(np.mean(stats["num_steps"])) if "num_steps" in stats else float("nan")
+    per_iteration = t_nuts / iterations
+    row(f"NUTS: {args.chains} x ({args.nuts_warmup} + {args.nuts_samples})", t_nuts,
+        f"{per_iteration:.2f} s/iteration, {steps:.1f} leapfrog steps per sample")
+    projected = ISSUE_CHAINS * (ISSUE_WARMUP + ISSUE_SAMPLES) * per_iteration / CORES
+    row(f"NUTS projected {ISSUE_CHAINS} x ({ISSUE_WARMUP} + {ISSUE_SAMPLES}), {CORES} cores", projected,
+        "projection, target <= 120 s on the reduced model")
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", choices=("reduced", "full"), default=["reduced", "full"])
+    ap.add_argument("--nuts-warmup", type=int, default=30)
+    ap.add_argument("--nuts-samples", type=int, default=30)
+    ap.add_argument("--chains", type=int, default=1)
+    ap.add_argument("--svi-steps", type=int, default=2000)
+    ap.add_argument("--csv", type=Path, default=None, help="also write the rows to this CSV file")
+    args = ap.parse_args(argv)
+    free = json.loads((REDUCTION / "free.json").read_text())
+    built = models()
+    rows = []
+    for name in args.models:
+        rows += run(name, built[name], free, args)
+    out = pd.DataFrame(rows)
+    if len(args.models) == 2:
+        wide = out.pivot_table(index="phase", columns="model", values="seconds", sort=False)
+        wide["full / reduced"] = wide["full"] / wide["reduced"]
+        print("\n" + wide.to_string(float_format=lambda v: f"{v:.2f}"))
+    if args.csv is not None:
+        out.to_csv(args.csv, index=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
