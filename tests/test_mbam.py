@@ -241,7 +241,14 @@ def test_toy_reduction_step(toy_predictions, tmp_path):
     assert (tmp_path / "reduction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reduction.png", "reduction.txt"]  # no temporary files
     text = (tmp_path / "reduction.txt").read_text()
-    assert "kon_l_nmol_h -> 0" in text and "limit applied" in text
+    assert "kon_l_nmol_h -> 0" in text and "limit applied" in text and "worst prediction" in text
+    # the worst single prediction of the refit bounds its RMS; a tighter bound refuses the limit
+    worst = res.steps[0].max_sigma
+    assert res.steps[0].rms_sigma <= worst <= 1.0
+    strict = reduce(full, predictions=p, directions=((0, False),), max_steps=1, max_prediction_sigma=0.5 * worst,
+                    geodesic_options=dict(eig_drop=1e-2))
+    assert not strict.steps and strict.model is full
+    assert "max_prediction_sigma" in strict.message and "refit misses prediction schedule 1: " in strict.message
 
 
 @pytest.mark.slow
@@ -260,6 +267,15 @@ def test_predictions_with_tia_and_two_schedules(toy_predictions):
         expect += list(np.asarray(tr.region_activity_mbq)[0, 0]) + [float(np.asarray(tr.region_tia_mbq_h)[0, 0])]
     np.testing.assert_allclose(raw, expect, rtol=1e-4)
     np.testing.assert_allclose(pred.weights, 1.0 / (0.1 * raw + 1e-3), rtol=1e-6)
+    nuc = tr.nuclides[0]
+    assert pred.labels() == [f"schedule 1: {nuc} kidneys at 1 h", f"schedule 1: {nuc} kidneys TIA",
+                             f"schedule 2: {nuc} kidneys at 4 h", f"schedule 2: {nuc} kidneys at 24 h",
+                             f"schedule 2: {nuc} kidneys TIA"]
+    # r and J from the one compiled jet (what refits use) equal r and the forward Jacobian
+    theta = pred.theta0 + 0.05
+    r, jac = pred.value_and_jacobian(theta)
+    np.testing.assert_allclose(r, pred.r(theta), rtol=1e-10)
+    np.testing.assert_allclose(jac, pred.jacobian_only(theta), rtol=1e-8, atol=1e-12)
 
 
 # ------------------------------------------------------------------------- degenerate input

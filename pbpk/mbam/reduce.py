@@ -179,8 +179,9 @@ def _used_symbols(model: Model) -> set:
 @dataclass(frozen=True)
 class ReductionStep:
     """One limit taken: the limit, the reduced model's parameter count, the refit cost
-    0.5*sum((r_reduced - r_full)^2) in sigma units and its RMS per prediction, timings (s),
-    the FIM eigenvalues before the step and the number of free (fitted) parameters after."""
+    0.5*sum((r_reduced - r_full)^2) in sigma units, its RMS per prediction and its worst
+    single prediction |r_reduced - r_full| (sigma), timings (s), the FIM eigenvalues before
+    the step and the number of free (fitted) parameters after."""
 
     limit: Limit
     n_parameters: int
@@ -190,6 +191,7 @@ class ReductionStep:
     refit_s: float
     fim_eigenvalues: tuple[float, ...]
     n_free: int = 0
+    max_sigma: float = float("nan")
 
 
 @dataclass
@@ -217,7 +219,8 @@ class ReductionResult:
         for k, s in enumerate(self.steps, 1):
             lines += [f"step {k}: {s.limit.describe()} (alignment {s.limit.alignment:.3f})",
                       f"  parameters: {s.n_parameters} ({s.n_free} free); refit cost {s.cost:.4g}, "
-                      f"RMS {s.rms_sigma:.3g} sigma; geodesic {s.geodesic_s:.1f} s, refit {s.refit_s:.1f} s",
+                      f"RMS {s.rms_sigma:.3g} sigma, worst prediction {s.max_sigma:.3g} sigma; "
+                      f"geodesic {s.geodesic_s:.1f} s, refit {s.refit_s:.1f} s",
                       "  FIM eigenvalues at start: " + ", ".join(f"{e:.3g}" for e in s.fim_eigenvalues)]
         if self.final_eigenvalues:
             lines.append("FIM eigenvalues of the final model: " + ", ".join(f"{e:.3g}" for e in self.final_eigenvalues))
@@ -276,23 +279,27 @@ def _flat_path(pred: Predictions, theta: np.ndarray, v: np.ndarray, eigenvalue: 
 def _refit(pred: Predictions, current: Model, reduced: Model, target: np.ndarray, max_evaluations: int):
     """Refit the reduced model's free log-parameters to the full model's predictions
     `target` (scipy least_squares, trust-region reflective, JAX Jacobian): (free names,
-    OptimizeResult, the reduced model's Predictions).  MBAMError if a solve fails."""
+    OptimizeResult, the reduced model's Predictions).  MBAMError if a solve fails.
+    Residuals and Jacobians come from the reduced model's one compiled jet
+    (`Predictions.value_and_jacobian`), which the next step's FIM and geodesics reuse."""
     free = [n for n in pred.free if n in reduced.parameter_names] + [
         p.name for p in reduced.parameters if p.name not in current.parameter_names]
     rp = pred.with_model(reduced, free)
 
     def residual(x):
-        out = rp.r(x) - target
+        out = rp.value_and_jacobian(x)[0] - target
         if not np.all(np.isfinite(out)):
             raise MBAMError(f"the reduced model's solve failed during the refit at {dict(zip(free, np.exp(x)))}")
         return out
 
-    fit = least_squares(residual, rp.theta0, jac=rp.jacobian_only, method="trf", max_nfev=max_evaluations)
+    fit = least_squares(residual, rp.theta0, jac=lambda x: rp.value_and_jacobian(x)[1], method="trf",
+                        max_nfev=max_evaluations)
     return free, fit, rp
 
 
 def reduce(model: Model, schedules=None, times_h=None, *, predictions: Predictions | None = None,
-           max_rms_sigma: float = 1.0, min_eigenvalue: float = 1.0, max_steps: int = 10,
+           max_rms_sigma: float = 1.0, max_prediction_sigma: float | None = None, min_eigenvalue: float = 1.0,
+           max_steps: int = 10,
            directions=((0, True), (0, False)), geodesic_options: dict | None = None,
            max_refit_evaluations: int = 50, log=None, time_budget_s: float | None = None,
            flat_eigenvalue: float = 1e-8,
@@ -302,7 +309,9 @@ def reduce(model: Model, schedules=None, times_h=None, *, predictions: Predictio
     `directions` ((eigen index, forward) pairs, tried in order) until one ends at a
     limit `apply_limit` supports, refits the reduced model to the full model's
     predictions (scipy least_squares in log-parameters, JAX Jacobian) and accepts it
-    when the RMS error per prediction <= `max_rms_sigma`.  Stops (never raising on a
+    when the RMS error per prediction <= `max_rms_sigma` and (if given) every single
+    prediction is within `max_prediction_sigma` (e.g. 0.5 with a 10 % error model: no
+    prediction, TIA included, moves by more than 5 % from the full model's).  Stops (never raising on a
     numerical failure) when the FIM is no longer sloppy (smallest eigenvalue >=
     `min_eigenvalue`), no direction gives an acceptable limit, or after `max_steps`;
     `.model` is the best model so far.  A limit whose refit misses the threshold is
@@ -365,27 +374,34 @@ def reduce(model: Model, schedules=None, times_h=None, *, predictions: Predictio
                 log(f"step {step}, {tag}: {lim.describe()}: {exc}")
                 continue
             refit_s = time.perf_counter() - t0
-            rms = float(np.sqrt(np.mean(fit.fun**2)))
+            rms, worst = float(np.sqrt(np.mean(fit.fun**2))), float(np.max(np.abs(fit.fun)))
+            note = None
             if not np.isfinite(rms) or rms > max_rms_sigma:
                 note = f"refit misses the full model's predictions by RMS {rms:.3g} sigma > {max_rms_sigma:g}"
+            elif max_prediction_sigma is not None and worst > max_prediction_sigma:
+                k = int(np.argmax(np.abs(fit.fun)))
+                note = (f"refit misses prediction {rp.label(k)} by {worst:.3g} sigma > "
+                        f"max_prediction_sigma = {max_prediction_sigma:g}")
+            if note is not None:
                 reasons.append(f"{tag}: {lim.describe()}: {note}")
                 result.attempts.append((step, i, fwd, path, lim, note))
                 log(f"step {step}, {tag}: {lim.describe()}: {note} (geodesic {geo_s:.1f} s, refit {refit_s:.1f} s)")
                 continue
             result.attempts.append((step, i, fwd, path, lim, "limit applied"))
-            log(f"step {step}, {tag}: {lim.describe()}: applied, RMS {rms:.3g} sigma, {len(free)} free parameters "
+            log(f"step {step}, {tag}: {lim.describe()}: applied, RMS {rms:.3g} sigma (worst {worst:.3g}), "
+                f"{len(free)} free parameters "
                 f"(geodesic {geo_s:.1f} s, refit {refit_s:.1f} s)")
-            accepted = (lim, reduced, free, fit, rp, rms, geo_s, refit_s)
+            accepted = (lim, reduced, free, fit, rp, rms, worst, geo_s, refit_s)
             break
         if accepted is None:
             result.message = "no acceptable limit found; " + "; ".join(reasons)
             return result
-        lim, reduced, free, fit, rp, rms, geo_s, refit_s = accepted
+        lim, reduced, free, fit, rp, rms, worst, geo_s, refit_s = accepted
         current = reduced.with_parameter_values(**{n: float(np.exp(x)) for n, x in zip(free, fit.x)})
         pred, theta = rp, fit.x
         result.model, result.free = current, tuple(free)
         result.final_eigenvalues = ()  # the next iteration computes the new model's spectrum
         result.steps.append(ReductionStep(lim, len(current.parameters), float(fit.cost), rms, geo_s, refit_s,
-                                          tuple(fim.eigenvalues), len(free)))
+                                          tuple(fim.eigenvalues), len(free), worst))
     result.message = f"reached max_steps = {max_steps}"
     return result
