@@ -56,8 +56,11 @@ def full_model() -> pbpk.Model:
     return pbpk.psma_model(tracers=["Ga-68-PSMA-11", "Lu-177-PSMA-617"], lesion_volumes_ml=[12, 50])
 
 
-def design(model: pbpk.Model) -> Predictions:
-    return Predictions.build(model, [PET, THERAPY], TIMES_H, regions=REGIONS, free=DESIGN_FREE, include_tia=True,
+def design(model: pbpk.Model, tia_everywhere: bool = False) -> Predictions:
+    """The design's predictions; `tia_everywhere`: TIA of every region of the model (imaged
+    or not), not only of the imaged ones."""
+    return Predictions.build(model, [PET, THERAPY], TIMES_H, regions=REGIONS, free=DESIGN_FREE,
+                             include_tia=model.region_names if tia_everywhere else True,
                              options=pbpk.SolverOptions(rtol=1e-6, atol=1e-9, adjoint="forward"))
 
 
@@ -152,6 +155,8 @@ def main() -> None:
     ap.add_argument("--max-prediction-sigma", type=float, default=0.3,
                     help="worst single prediction after a refit, sigma units (0.3 with the 10 %% error model: every "
                          "activity and TIA of the design within 3 %% of the full model at the reference point)")
+    ap.add_argument("--tia-everywhere", action="store_true",
+                    help="predictions include the TIA of every region (organs outside the images too)")
     ap.add_argument("--min-eigenvalue", type=float, default=1.0, help="stop when the smallest FIM eigenvalue is above")
     ap.add_argument("--output", type=Path, default=Path("mbam-psma-output"))
     ap.add_argument("--cohort", type=int, default=0, help="virtual patients for the TIA check (0: none)")
@@ -159,7 +164,7 @@ def main() -> None:
     args = ap.parse_args()
     model = full_model()
     t0 = time.perf_counter()
-    pred = design(model)
+    pred = design(model, args.tia_everywhere)
     if args.source is not None:
         reduced = pbpk.from_sbml(args.source / "psma_reduced.xml")
         free = json.loads((args.source / "free.json").read_text())

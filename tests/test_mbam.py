@@ -271,6 +271,17 @@ def test_predictions_with_tia_and_two_schedules(toy_predictions):
     assert pred.labels() == [f"schedule 1: {nuc} kidneys at 1 h", f"schedule 1: {nuc} kidneys TIA",
                              f"schedule 2: {nuc} kidneys at 4 h", f"schedule 2: {nuc} kidneys at 24 h",
                              f"schedule 2: {nuc} kidneys TIA"]
+    # TIA of other regions than the imaged ones (e.g. every organ): appended per schedule
+    wide = Predictions.build(m, [low, high], [[1.0], [4.0, 24.0]], regions=["kidneys"],
+                             include_tia=["kidneys", "blood"], options=pred.options)
+    wraw = wide.raw(wide.theta0)
+    assert wide.labels()[2] == f"schedule 1: {nuc} blood TIA" and wraw.size == 7
+    np.testing.assert_allclose(wraw[[0, 1, 3, 4, 5]], raw, rtol=1e-10)
+    blood = [float(np.asarray(pbpk.simulate(m, s, [1.0], options=pred.options).region_tia_mbq_h)[0, m.region_names.index(
+        "blood")]) for s in (low, high)]
+    np.testing.assert_allclose(wraw[[2, 6]], blood, rtol=1e-4)
+    with pytest.raises(MBAMError, match="include_tia: regions"):
+        Predictions.build(m, low, [1.0], regions=["kidneys"], include_tia=["nowhere"])
     # r and J from the one compiled jet (what refits use) equal r and the forward Jacobian
     theta = pred.theta0 + 0.05
     r, jac = pred.value_and_jacobian(theta)

@@ -6,7 +6,8 @@ For a `pbpk.Model`, schedules s = 1..S and output times t_k (h), the prediction 
 
 with A the region activity (MBq) of every (nuclide, region) pair in `regions` (and, with
 `include_tia=True`, also each pair's time-integrated activity to infinity, MBq*h, per
-schedule, weighted the same way) and
+schedule, weighted the same way; `include_tia=[names]` takes the TIA of those regions
+instead, e.g. of every organ, imaged or not, so that a reduction keeps them too) and
 theta = log of the free parameters (decay constants are physics and never free).  The
 weights w_m = 1 / (rel_sigma * |A_m(theta_ref)| + abs_sigma_mbq) are fixed at the
 reference (fitted) point theta_ref: a proportional error model with a floor, frozen so
@@ -68,12 +69,13 @@ class Predictions:
     options: SolverOptions = SolverOptions(rtol=1e-8, atol=1e-10, adjoint="forward")
     include_tia: bool = False
     weights: np.ndarray | None = None
+    tia_regions: tuple[str, ...] = ()  # regions whose TIA is predicted (include_tia)
     _fns: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, model: Model, schedules, times_h, *, regions=None, free=None, rel_sigma: float = 0.1,
               abs_sigma_mbq: float = 1e-3, theta_ref=None, options: SolverOptions | None = None,
-              include_tia: bool = False) -> "Predictions":
+              include_tia: bool | Sequence[str] = False) -> "Predictions":
         if isinstance(schedules, Schedule) or not isinstance(schedules, (list, tuple)):
             schedules = [schedules]
         schedules = [as_schedule(s) for s in schedules]
@@ -98,7 +100,15 @@ class Predictions:
         opts = options or SolverOptions(rtol=1e-8, atol=1e-10, adjoint="forward")
         if opts.adjoint != "forward":
             raise MBAMError("Predictions need SolverOptions(adjoint='forward') (jax.jacfwd through the solve)")
-        pred = cls(model, schedules, times, regions, free, rel_sigma, abs_sigma_mbq, opts, bool(include_tia))
+        if include_tia is None or isinstance(include_tia, (bool, np.bool_)):
+            tia_regions = regions if include_tia else ()
+        else:
+            tia_regions = tuple(include_tia)
+        unknown = sorted(set(tia_regions) - set(model.region_names))
+        if unknown:
+            raise MBAMError(f"include_tia: regions {unknown} not in model {model.name!r}; it has {model.region_names}")
+        pred = cls(model, schedules, times, regions, free, rel_sigma, abs_sigma_mbq, opts, bool(tia_regions),
+                   tia_regions=tia_regions)
         ref = pred.theta0 if theta_ref is None else np.asarray(theta_ref, dtype=np.float64)
         raw = np.asarray(pred._raw_fn(jnp.asarray(ref)))
         if not np.all(np.isfinite(raw)):
@@ -126,7 +136,7 @@ class Predictions:
                                                        check=False)).nuclides
             out += [f"schedule {s}: {n} {r} at {x:g} h" for n in nuclides for r in self.regions for x in t]
             if self.include_tia:
-                out += [f"schedule {s}: {n} {r} TIA" for n in nuclides for r in self.regions]
+                out += [f"schedule {s}: {n} {r} TIA" for n in nuclides for r in self.tia_regions]
         return out
 
     def label(self, k: int) -> str:
@@ -144,16 +154,16 @@ class Predictions:
     def _raw(self, theta):
         """Unweighted predictions, concatenated over schedules: activities (MBq, nuclide x
         region x time, for the nuclides of the ligands each schedule gives) then, with
-        `include_tia`, TIA (MBq*h, nuclide x region); NaN if a
-        solve failed."""
+        `include_tia`, TIA (MBq*h, nuclide x TIA region); NaN if a solve failed."""
         region_idx = np.array([self.model.region_names.index(r) for r in self.regions])
+        tia_idx = np.array([self.model.region_names.index(r) for r in self.tia_regions], dtype=int)
         out = []
         for sched, t in zip(self.schedules, self.times_h):
             tr = simulate(self._model_for(sched), sched, t, self.params(theta), tia=self.include_tia,
                           options=self.options, check=False)
             a = tr.region_activity_mbq[:, region_idx, :].ravel()
             if self.include_tia:
-                a = jnp.concatenate([a, tr.region_tia_mbq_h[:, region_idx].ravel()])
+                a = jnp.concatenate([a, tr.region_tia_mbq_h[:, tia_idx].ravel()])
             out.append(jnp.where(tr.solver_ok, a, jnp.nan))
         return jnp.concatenate(out)
 
@@ -215,7 +225,7 @@ class Predictions:
     def with_model(self, model: Model, free: Sequence[str]) -> "Predictions":
         """The same design and the same frozen weights for another (e.g. reduced) model."""
         p = Predictions(model, self.schedules, self.times_h, self.regions, tuple(free), self.rel_sigma,
-                        self.abs_sigma_mbq, self.options, self.include_tia)
+                        self.abs_sigma_mbq, self.options, self.include_tia, tia_regions=self.tia_regions)
         p.weights = self.weights
         return p
 
