@@ -8,11 +8,11 @@ Design (one virtual patient per model): 68Ga-PSMA-11 PET (150 MBq, 1.6 nmol) ima
 regions kidneys, salivary glands, liver, spleen, lesion_1, lesion_2 (24 values).  Data =
 the model's own activities at parameters 0.3 log units off the prior centres (alternating
 sign; the prior is not centred on the truth) times log-normal noise (5 % PET, 10 % SPECT),
-so each model is fitted to data it can represent.  Free: the reduction's 14 parameters
-(benchmarks/results/mbam_psma/free.json: PS products of muscle and the lesions, receptor
-densities, release rates), default priors, the same names for both models.  Reduced model:
-benchmarks/results/mbam_psma/psma_reduced.xml (`pbpk.from_sbml`, 176 species against the
-full model's 228).  Ligands solved separately (``separate_ligands=True``), solver
+so each model is fitted to data it can represent.  Free: the reduction's free parameters
+(benchmarks/results/mbam_psma/free.json: PS products left, receptor densities, release
+rates), default priors, the same names for both models.  Reduced model:
+benchmarks/results/mbam_psma/psma_reduced.xml (`pbpk.from_sbml`; the full model has 228
+species).  Ligands solved separately (``separate_ligands=True``), solver
 `calibration.CALIBRATION_SOLVER` (rtol 1e-5), forward-mode derivatives (as `fit`).
 
 The phases of `calibration.fit` are timed apart (same functions, same order):
