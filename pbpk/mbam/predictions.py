@@ -67,9 +67,8 @@ class Predictions:
     rel_sigma: float = 0.1
     abs_sigma_mbq: float = 1e-3
     options: SolverOptions = SolverOptions(rtol=1e-8, atol=1e-10, adjoint="forward")
-    include_tia: bool = False
+    tia_regions: tuple[str, ...] = ()  # regions whose TIA is predicted (see `build`'s include_tia)
     weights: np.ndarray | None = None
-    tia_regions: tuple[str, ...] = ()  # regions whose TIA is predicted (include_tia)
     _fns: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -107,8 +106,7 @@ class Predictions:
         unknown = sorted(set(tia_regions) - set(model.region_names))
         if unknown:
             raise MBAMError(f"include_tia: regions {unknown} not in model {model.name!r}; it has {model.region_names}")
-        pred = cls(model, schedules, times, regions, free, rel_sigma, abs_sigma_mbq, opts, bool(tia_regions),
-                   tia_regions=tia_regions)
+        pred = cls(model, schedules, times, regions, free, rel_sigma, abs_sigma_mbq, opts, tia_regions)
         ref = pred.theta0 if theta_ref is None else np.asarray(theta_ref, dtype=np.float64)
         raw = np.asarray(pred._raw_fn(jnp.asarray(ref)))
         if not np.all(np.isfinite(raw)):
@@ -121,6 +119,11 @@ class Predictions:
     def theta0(self) -> np.ndarray:
         """Log of the model's own values of the free parameters."""
         return np.log([self.model.parameter(n).value for n in self.free])
+
+    @property
+    def include_tia(self) -> bool:
+        """Whether TIA are among the predictions (of `tia_regions`)."""
+        return bool(self.tia_regions)
 
     @property
     def n_predictions(self) -> int:
@@ -218,14 +221,15 @@ class Predictions:
         return last[1], last[2]
 
     def jacobian_only(self, theta) -> np.ndarray:
-        """J alone (a smaller compiled function than `jet`; used by refits)."""
+        """J alone (a smaller compiled function than `jet`, for fits that do not also need
+        A_vv, e.g. many patients' fits of one model)."""
         fn = self._fn("jac", lambda: jax.jit(lambda th: _jacobian_columns(self._r, th)))
         return np.asarray(fn(jnp.asarray(theta, dtype=jnp.float64)))
 
     def with_model(self, model: Model, free: Sequence[str]) -> "Predictions":
         """The same design and the same frozen weights for another (e.g. reduced) model."""
         p = Predictions(model, self.schedules, self.times_h, self.regions, tuple(free), self.rel_sigma,
-                        self.abs_sigma_mbq, self.options, self.include_tia, tia_regions=self.tia_regions)
+                        self.abs_sigma_mbq, self.options, self.tia_regions)
         p.weights = self.weights
         return p
 
