@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -570,6 +571,35 @@ def test_sigterm_during_the_demo_leaves_nothing(tmp_path):
     assert proc.returncode == 143, err
     assert "twin: terminated; nothing written" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_termination_swallowed_in_a_finaliser_is_delivered_again():
+    """A SIGTERM whose `Terminated` is raised inside a __del__ (or a gc callback, as JAX's)
+    is only printed by Python; the CLI's unraisable hook sends the signal again so that the
+    command still stops with 143 instead of running on."""
+    script = textwrap.dedent("""
+        import sys, time
+        from twin import cli
+
+        class Finaliser:
+            def __del__(self):
+                raise cli.Terminated()
+
+        def swallow(args):
+            Finaliser()  # collected at once: its Terminated is unraisable
+            time.sleep(60)
+            return 0
+
+        args = cli.build_parser().parse_args(["demo"])
+        args.func = swallow
+        cli.build_parser = lambda: type("P", (), {"parse_args": lambda self, argv: args})()
+        status = cli.main([])
+        assert sys.unraisablehook is sys.__unraisablehook__, "hook not restored"
+        sys.exit(status)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=40)
+    assert done.returncode == 143, done.stderr
+    assert "twin: terminated; nothing written" in done.stderr and "Exception ignored" not in done.stderr
 
 
 @pytest.mark.slow

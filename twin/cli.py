@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -421,17 +422,44 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+_REDELIVERED_SIGNALS = {Terminated: signal.SIGTERM, KeyboardInterrupt: signal.SIGINT}
+
+
+def _redeliver_swallowed_signal(unraisable) -> None:
+    """`sys.unraisablehook` while a command runs.
+
+    Python runs a signal handler in whatever the main thread executes next; when that is a
+    garbage-collector callback (JAX registers one) or a ``__del__``, the `Terminated` or
+    `KeyboardInterrupt` it raises cannot propagate and is only printed ("Exception ignored
+    in ...").  The command would then run on after `timeout` or Ctrl-C.  This hook sends the
+    signal again from a helper thread, so the handler runs once more, in ordinary code, and
+    the exception reaches `main` (which removes the temporary outputs).  Other unraisable
+    exceptions go to the previous hook."""
+    for kind, signum in _REDELIVERED_SIGNALS.items():
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, kind):
+            threading.Timer(0.01, os.kill, (os.getpid(), signum)).start()
+            return
+    _previous_unraisablehook(unraisable)
+
+
+_previous_unraisablehook = sys.__unraisablehook__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (0 ok, 2 error, 130 interrupted, 143
     terminated).  While a command runs, SIGTERM (e.g. `timeout`) raises `Terminated`, so
-    the temporary outputs are removed as on Ctrl-C."""
+    the temporary outputs are removed as on Ctrl-C; a signal whose exception was swallowed
+    (see `_redeliver_swallowed_signal`) is delivered again."""
+    global _previous_unraisablehook
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2, message printed)
         return int(exc.code or 0)
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    if in_main_thread:
+        previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+        _previous_unraisablehook, sys.unraisablehook = sys.unraisablehook, _redeliver_swallowed_signal
     try:
         return args.func(args)
     except HANDLED_ERRORS as err:
@@ -448,7 +476,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 143
     finally:
         if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, previous_sigterm)
+            sys.unraisablehook = _previous_unraisablehook
 
 
 if __name__ == "__main__":  # pragma: no cover
