@@ -1,42 +1,33 @@
 """Electron (and other non-penetrating) dose point kernels from ICRP-107 emissions.
 
-Model: continuous slowing down (CSDA) along straight tracks.
-An electron of kinetic energy E0 starting at the origin slows down with the collision
-stopping power S(E)/ρ and travels radially; after a mass path t = ρ r (g/cm²) it has
-the residual energy
+An electron of kinetic energy E emitted at the origin deposits, inside the sphere of
+mass radius t = ρ r (g/cm²),
 
-    E_res(E0, t) = R⁻¹( R(E0) − t ),          R(E) = ∫_{E_min}^{E} dE' / (S/ρ)(E') + R(E_min),
+    D(E, t) = E Φ_E(t / r₀(E))          (``tracks="scattered"``, the default), or
+    D(E, t) = E − E_res(E, t)           (``tracks="straight"``),
 
-so the energy it has deposited inside the sphere of radius r is E0 − E_res(E0, ρ r).
+where r₀ is the CSDA range, Φ the range-scaled absorbed-energy fraction from the
+multiple-scattering Monte Carlo of :mod:`dose.electron_transport`, and E_res(E, t) =
+R⁻¹(R(E) − t) the residual energy of continuous slowing down along a straight line
+(:mod:`dose.stopping_power`; straight tracks ignore scattering, so electrons reach their
+full CSDA range and the kernel is too wide — kept as a bound and for comparison).
 For a nuclide, summing over the ICRP-107 beta spectrum N(E) (normalised, times the beta
 yield) and the discrete conversion / Auger lines gives the cumulative energy per decay
 
-    C_e(r) = Σ_lines y_k (E_k − E_res(E_k, ρr)) + Y_β ∫ N(E) (E − E_res(E, ρr)) dE   [MeV]
+    C_e(r) = Σ_lines y_k D(E_k, ρr) + Y_β ∫ N(E) D(E, ρr) dE + local   [MeV]
 
-and the dose point kernel K_e(r) = (dC_e/dr) / (4π r² ρ) (MeV/g per decay).  By
-construction ∫ 4π r² ρ K_e dr = C_e(∞) = the electron energy per decay (energy
+and the dose point kernel K_e(r) = (dC_e/dr) / (4π r² ρ) (MeV/g per decay).  Both track
+models give ∫ 4π r² ρ K_e dr = C_e(∞) = the electron energy per decay (energy
 conservation), and the kernel scales with density as K_ρ(r) = ρ² K_1(ρ r).
-
-Stopping power: Bethe formula for electrons as written in ICRU Report 37 (1984, eq. 2.4
-with the Møller term F⁻):
-
-    S/ρ = 2π r_e² m c² N_A (Z/A) / β² [ ln( τ²(τ+2) / (2 (I/mc²)²) ) + F⁻(τ) − δ ],
-    F⁻(τ) = 1 − β² + (τ²/8 − (2τ+1) ln 2) / (τ+1)²,   τ = E / mc².
 
 Simplifications (documented limits of the model):
 
-* density-effect correction δ = 0 (it lowers S/ρ of water by ~1 % at 1 MeV, ~3 % at
-  2 MeV; ICRU 37), radiative losses counted as local (radiative yield of a 1 MeV
-  electron in water ≈ 0.4 %; NIST ESTAR);
-* straight tracks: multiple scattering is ignored, so electrons penetrate up to their
-  full CSDA range and the kernel is somewhat too wide (real mean penetration is about
-  0.5–0.8 of the CSDA range; Berger 1973, NBSIR 73-107).  The energy budget is exact;
-  the spatial spread is an upper bound;
+* radiative losses counted as local (radiative yield of a 1 MeV electron in water
+  ≈ 0.4 %; NIST ESTAR);
 * electrons below ``E_LOCAL_MEV`` (1 keV, CSDA range ≈ 0.03 µm in water) and alpha
   particles / recoil nuclei (ranges < 0.1 mm) deposit their energy at the point of
   decay.
 """
-
 from __future__ import annotations
 
 import math
@@ -46,49 +37,11 @@ from functools import lru_cache
 import numpy as np
 
 from . import nuclides as _nuc
-from .media import Medium, medium as _medium
+from .electron_transport import absorbed_fraction
+from .media import medium as _medium
+from .stopping_power import E_LOCAL_MEV, csda_range_g_cm2, residual_energy_mev
 
-ELECTRON_MASS_MEV = 0.51099895000  # CODATA 2018
-CLASSICAL_ELECTRON_RADIUS_CM = 2.8179403262e-13  # CODATA 2018
-# 2π r_e² m c² N_A = 0.153536 MeV cm²/mol (ICRU 37, eq. 2.4 prefactor; from CODATA constants)
-_BETHE_K = 2.0 * math.pi * CLASSICAL_ELECTRON_RADIUS_CM**2 * ELECTRON_MASS_MEV * _nuc.AVOGADRO_PER_MOL
-
-E_LOCAL_MEV = 1e-3  # electrons below 1 keV deposit locally (range ~ 0.03 µm)
-_E_TABLE = np.geomspace(E_LOCAL_MEV, 20.0, 2400)  # range-table grid, MeV
-
-
-def collision_stopping_power_mev_cm2_g(energy_mev, medium_name="water"):
-    """Electron mass collision stopping power S/ρ (MeV cm²/g), Bethe (ICRU 37), δ = 0."""
-    m = _medium(medium_name)
-    tau = np.asarray(energy_mev, dtype=float) / ELECTRON_MASS_MEV
-    beta2 = 1.0 - 1.0 / (tau + 1.0) ** 2
-    i_rel = m.mean_excitation_ev * 1e-6 / ELECTRON_MASS_MEV
-    f_minus = 1.0 - beta2 + (tau**2 / 8.0 - (2.0 * tau + 1.0) * math.log(2.0)) / (tau + 1.0) ** 2
-    bracket = np.log(tau**2 * (tau + 2.0) / (2.0 * i_rel**2)) + f_minus
-    return _BETHE_K * m.z_over_a / beta2 * bracket
-
-
-@lru_cache(maxsize=None)
-def _range_table(m: Medium) -> tuple[np.ndarray, np.ndarray]:
-    s = collision_stopping_power_mev_cm2_g(_E_TABLE, m)
-    inv = 1.0 / s
-    # trapezoid in E; R(E_min) ≈ E_min / S(E_min) (a 1 keV electron, < 1e-5 g/cm²)
-    r = np.concatenate(([0.0], np.cumsum(0.5 * (inv[1:] + inv[:-1]) * np.diff(_E_TABLE)))) + _E_TABLE[0] * inv[0]
-    r.setflags(write=False)
-    return _E_TABLE, r
-
-
-def csda_range_g_cm2(energy_mev, medium_name="water"):
-    """CSDA range R(E) = ∫ dE / (S/ρ) in g/cm² (multiply by 10/ρ for mm)."""
-    e, r = _range_table(_medium(medium_name))
-    return np.interp(np.asarray(energy_mev, dtype=float), e, r, left=0.0)
-
-
-def residual_energy_mev(energy_mev, path_g_cm2, medium_name="water"):
-    """E_res(E0, t) = R⁻¹(R(E0) − t), 0 once t ≥ R(E0)."""
-    e, r = _range_table(_medium(medium_name))
-    remaining = np.interp(np.asarray(energy_mev, dtype=float), e, r, left=0.0) - np.asarray(path_g_cm2, dtype=float)
-    return np.where(remaining > r[0], np.interp(remaining, r, e), 0.0)
+TRACKS = ("scattered", "straight")
 
 
 @dataclass(frozen=True)
@@ -165,7 +118,23 @@ def max_range_mm(nuclide: str, medium_name="water", in_situ_equilibrium: bool = 
     return float(csda_range_g_cm2(src.energy_mev.max(), m)) * 10.0 / m.density_g_cm3
 
 
-def cumulative_energy_mev(nuclide: str, r_mm, medium_name="water", in_situ_equilibrium: bool = False) -> np.ndarray:
+def deposited_inside_mev(energy_mev, path_g_cm2, medium_name="water", tracks: str = "scattered") -> np.ndarray:
+    """D(E, t): energy (MeV) an electron of `energy_mev` deposits inside the sphere of mass
+    radius `path_g_cm2` around its origin (broadcast), for the `tracks` model."""
+    e = np.asarray(energy_mev, dtype=float)
+    t = np.asarray(path_g_cm2, dtype=float)
+    if tracks == "straight":
+        return e - residual_energy_mev(e, t, medium_name)
+    if tracks == "scattered":
+        r0 = csda_range_g_cm2(e, medium_name)
+        # electrons below E_LOCAL_MEV (zero range in the table) deposit at the decay point
+        x = np.where(r0 > 0.0, t / np.where(r0 > 0.0, r0, 1.0), 1.0)
+        return e * absorbed_fraction(e, x)
+    raise ValueError(f"tracks: expected one of {TRACKS}, got {tracks!r}")
+
+
+def cumulative_energy_mev(nuclide: str, r_mm, medium_name="water", in_situ_equilibrium: bool = False,
+                          tracks: str = "scattered") -> np.ndarray:
     """C_e(r): non-penetrating energy per decay (MeV) deposited inside the sphere of
     radius r_mm around a point source (local part included for every r ≥ 0)."""
     src = electron_source(nuclide, in_situ_equilibrium)
@@ -175,17 +144,19 @@ def cumulative_energy_mev(nuclide: str, r_mm, medium_name="water", in_situ_equil
     out = np.empty(t.shape[0])
     chunk = max(1, 2_000_000 // max(src.energy_mev.size, 1))
     for i in range(0, t.shape[0], chunk):
-        res = residual_energy_mev(src.energy_mev[None, :], t[i : i + chunk], m)
-        out[i : i + chunk] = ((src.energy_mev[None, :] - res) * src.number_per_decay[None, :]).sum(axis=1)
+        inside = deposited_inside_mev(src.energy_mev[None, :], t[i : i + chunk], m, tracks)
+        out[i : i + chunk] = (inside * src.number_per_decay[None, :]).sum(axis=1)
     return (out + src.local_mev).reshape(r.shape)
 
 
-def point_kernel_mev_per_g(nuclide: str, r_mm, medium_name="water", in_situ_equilibrium: bool = False) -> np.ndarray:
+def point_kernel_mev_per_g(nuclide: str, r_mm, medium_name="water", in_situ_equilibrium: bool = False,
+                           tracks: str = "scattered") -> np.ndarray:
     """K_e(r) = (dC_e/dr) / (4π r² ρ) in MeV/g per decay (r > 0), by central differences
     of :func:`cumulative_energy_mev` (step 1e-3 r)."""
     m = _medium(medium_name)
     r = np.asarray(r_mm, dtype=float)
     h = 1e-3 * r
-    dc = cumulative_energy_mev(nuclide, r + h, m, in_situ_equilibrium) - cumulative_energy_mev(nuclide, r - h, m, in_situ_equilibrium)
+    dc = cumulative_energy_mev(nuclide, r + h, m, in_situ_equilibrium, tracks) \
+        - cumulative_energy_mev(nuclide, r - h, m, in_situ_equilibrium, tracks)
     r_cm = r / 10.0
     return dc / (2 * h / 10.0) / (4.0 * math.pi * r_cm**2 * m.density_g_cm3)

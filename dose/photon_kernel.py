@@ -35,6 +35,7 @@ from functools import lru_cache
 import numpy as np
 
 from . import nuclides as _nuc
+from .deflection import deflect
 from .media import WATER, medium as _medium
 
 # Liquid water, Hubbell & Seltzer NISTIR 5632 (NIST X-ray mass attenuation tables):
@@ -204,17 +205,7 @@ def transport_table():
         b = np.searchsorted(_MC_U_BINS, r / lam0[line[alive]])
         hist += np.bincount(line[alive] * (n_bins + 1) + b, weights=deposit, minlength=hist.size)
         scattered = alive[compton]
-        d = direction[scattered]
-        ref = np.zeros_like(d)
-        use_z = np.abs(d[:, 2]) < 0.9
-        ref[use_z, 2] = 1.0
-        ref[~use_z, 0] = 1.0
-        u1 = np.cross(d, ref)
-        u1 /= np.sqrt((u1 * u1).sum(axis=1))[:, None]
-        u2 = np.cross(d, u1)
-        az = rng.uniform(0.0, 2 * math.pi, scattered.size)
-        sin = np.sqrt(np.maximum(0.0, 1.0 - cos**2))
-        direction[scattered] = d * cos[:, None] + (u1 * np.cos(az)[:, None] + u2 * np.sin(az)[:, None]) * sin[:, None]
+        direction[scattered] = deflect(direction[scattered], cos, rng)
         energy[scattered] = e_new
         keep = np.zeros(alive.size, dtype=bool)
         keep[compton] = ~low

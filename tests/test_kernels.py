@@ -209,10 +209,18 @@ def test_kernel_for_2L_from_kernel_for_L(name):
 
 @pytest.mark.parametrize("tissue, medium", [("softtissue", "soft_tissue"), ("corticalbone", "cortical_bone")])
 def test_agreement_with_pytheranostics_177lu(tissue, medium):
-    """Centre within 10 %; face neighbour larger than the MC value (our straight-track
-    electrons are an upper bound of the escape) by < 60 %; kernel sums over the common
-    51³ box within 3 %.  The energy budget explains the sums: the reference absorbs at
-    least all electrons and at most all emitted energy."""
+    """Measured (ours / MC): soft tissue S000 0.952, S100 0.942, S110 1.094, S111 1.200,
+    sum 0.983; cortical bone 0.974, 1.138, 1.023, 0.925, 0.997.  Tolerances: centre 6 %,
+    face neighbours 16 %, edge neighbours 12 %, corner (photon-dominated: the electrons of
+    177Lu do not reach it) 25 %, sums over the common 51³ box 3 %.  The energy budget
+    explains the sums: the reference absorbs at least all electrons and at most all
+    emitted energy.  The centre's residual is normalisation: the reference's 3³ central
+    block holds 5.0 % (soft tissue) / 2.1 % (bone) more energy than ours, more than all
+    ICRP-107 electron energy of 177Lu plus the photon energy absorbed there (its decay data
+    or the mass it divides by differ); scaled to equal block energy, the centres agree to
+    0.0 % / 0.5 % and the face neighbours to 1.1 % / 16 % (bone: water scattering per
+    range, too little for calcium and phosphorus).  With straight tracks (no multiple
+    scattering) the face neighbour was 1.21 / 1.46 and the edge neighbour 1.52."""
     ref = _reference(tissue)
     ours = kernels.voxel_kernel("Lu-177", L_REF, medium)
     c = 25
@@ -220,10 +228,18 @@ def test_agreement_with_pytheranostics_177lu(tissue, medium):
     def r(i, j, k):
         return ref[c + i, c + j, c + k]
 
-    assert ours.s(0, 0, 0) == pytest.approx(r(0, 0, 0), rel=0.10)
-    assert 1.0 < ours.s(1, 0, 0) / r(1, 0, 0) < 1.6
-    assert 0.7 < ours.s(1, 1, 0) / r(1, 1, 0) < 1.7
-    assert 0.7 < ours.s(1, 1, 1) / r(1, 1, 1) < 1.7
+    assert ours.s(0, 0, 0) == pytest.approx(r(0, 0, 0), rel=0.06)
+    assert ours.s(1, 0, 0) == pytest.approx(r(1, 0, 0), rel=0.16)
+    assert ours.s(1, 1, 0) == pytest.approx(r(1, 1, 0), rel=0.12)
+    assert ours.s(1, 1, 1) == pytest.approx(r(1, 1, 1), rel=0.25)
+    block = tuple(slice(q - 1, q + 2) for q in ours.center)
+    excess = ref[c - 1:c + 2, c - 1:c + 2, c - 1:c + 2].sum() / ours.values[block].sum()
+    electrons = kernels.voxel_kernel("Lu-177", L_REF, medium, component="non_penetrating")
+    e_block = tuple(slice(q - 1, q + 2) for q in electrons.center)
+    all_electrons_and_block_photons = ours.values[block].sum() + electrons.values.sum() - electrons.values[e_block].sum()
+    assert 1.0 < excess < 1.06
+    assert ref[c - 1:c + 2, c - 1:c + 2, c - 1:c + 2].sum() > all_electrons_and_block_photons
+    assert ours.s(0, 0, 0) * excess == pytest.approx(r(0, 0, 0), rel=0.02)
     h = min(ours.half_widths[0], 25)
     ours_sum = ours.values[tuple(slice(q - h, q + h + 1) for q in ours.center)].sum()
     ref_sum = ref[c - h:c + h + 1, c - h:c + h + 1, c - h:c + h + 1].sum()
