@@ -31,6 +31,31 @@ def _inputs(shape=(20, 24, 28), seed=1):
     return dose, rho
 
 
+def test_additive_term_follows_the_local_dose_not_a_distant_hot_spot():
+    """A cold region (1e-3 Gy, lung density) far from a hot voxel: with the local additive
+    scale its relative correction stays bounded when the hot voxel grows 1e4-fold; with
+    the global maximum (the first weights' form) it grows with the hot voxel."""
+    def relative_correction(additive_scale_voxels, hot_gy):
+        torch.manual_seed(0)
+        m = DoseUNet3D(base=4, additive_scale_voxels=additive_scale_voxels)
+        with torch.no_grad():
+            m.out.weight.normal_(0, 1.0)
+            m.out.bias.fill_(1.0)
+        d = torch.full((1, 1, 16, 16, 16), 1e-3)
+        d[0, 0, 1, 1, 1] = hot_gy
+        rho = torch.full_like(d, 0.3)
+        with torch.no_grad():
+            out = m(d, rho, d.amax().reshape(1, 1, 1, 1, 1))
+        cold = (slice(None), slice(None), slice(8, None), slice(8, None), slice(8, None))
+        return float(((out[cold] - d[cold]).abs() / d[cold]).max())
+
+    local_small, local_big = relative_correction(5, 1e2), relative_correction(5, 1e6)
+    assert local_big < 1.0 and local_small < 1.0
+    assert relative_correction(0, 1e6) > 100 * relative_correction(0, 1e2) > 0
+    with pytest.raises(ValueError, match="additive_scale_voxels"):
+        DoseUNet3D(additive_scale_voxels=4)
+
+
 def test_zero_dose_gives_exact_zero():
     c = Corrector(_random_model(), patch=16, overlap=4)
     dose, rho = _inputs()

@@ -4,8 +4,11 @@ Weights: `torch.save(state_dict)` (tensors only, loaded with weights_only=True, 
 pickle of code) plus a JSON provenance file `<path>.json` with the network config.
 Blending: each patch output is weighted by a separable tent w(i) = min(i+1, n-i) so
 overlapping patches average smoothly:  D(v) = sum_p w_p(v) D_p(v) / sum_p w_p(v).
-The dose scale s = max(D) is global (whole volume), so patches agree and linearity
-in activity holds exactly.
+The input normalisation s = max(D) is global (whole volume), so patches agree and
+linearity in activity holds exactly.  The local additive scale (max of D over a few
+voxels, see `network`) is computed inside each patch; the overlap (16 voxels) is wider
+than its window, and the tent weights make the patch borders, where the window is cut,
+count little.
 """
 from __future__ import annotations
 
@@ -171,14 +174,15 @@ def load(path: str | os.PathLike | None = None, device=None, **kwargs) -> Correc
     try:
         with open(path + ".json") as f:
             meta = json.load(f)
-        config = meta["config"]
+        # files written before the local additive scale existed used the global maximum
+        config = {"additive_scale_voxels": 0, **meta["config"]}
         state = torch.load(path, weights_only=True, map_location="cpu")
     except (OSError, KeyError, TypeError, ValueError, RuntimeError, EOFError) as e:
         raise InvalidDoseInputError(f"{path}: cannot load dose corrector weights ({e})") from e
     try:
         model = DoseUNet3D(**config)
         model.load_state_dict(state)
-    except (TypeError, RuntimeError) as e:
+    except (TypeError, ValueError, RuntimeError) as e:
         raise InvalidDoseInputError(f"{path}: weights do not match the network config {config} ({e})") from e
     provenance = {"weights": os.path.abspath(path), "format": meta.get("format"), "config": config,
                   "training": meta.get("provenance", {})}

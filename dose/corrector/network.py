@@ -5,15 +5,21 @@ Inputs: physics dose D (Gy) and mass density rho (g/cm^3) on the same grid.
     x = [D / s, 1 + log(D / s + eps) / log(1 / eps), rho - rho_ref]   (channels, eps = 1e-4)
     (m, a) = UNet(x)                                      (two dimensionless outputs)
     g = min(1, maxpool_k(|rho - rho_ref|) / 0.05)         (heterogeneity gate)
-    D_corr = D (1 + g c_m m) + s g c_a a
+    L = maxpool_l(D)                                      (local dose scale, Gy)
+    D_corr = D (1 + g c_m m) + L g c_a a
 The multiplicative term carries the local (self-dose) part of the correction, which is
-a density-dependent factor on D; the additive term, in units of the dose scale, the
-dose carried across interfaces (e.g. from a hot organ into a neighbouring cold lung).
+a density-dependent factor on D; the additive term, in units of the largest dose within
+l // 2 voxels, the dose carried across interfaces (e.g. from a hot organ into a
+neighbouring cold lung).  Dose carried across an interface comes from nearby voxels, so
+the local scale bounds the additive term where it must be small: with the global
+maximum (``additive_scale_voxels=0``, the first weights' form) a low-dose region far
+from a hot lesion (brain at 1e-4 Gy next to a 500 Gy lesion elsewhere) received
+additive terms of 1e-3 Gy, ten times its dose.
 The log channel gives the net the dose shape over the whole dynamic range (hot organs
 next to cold tissue) in a scale-free form.
 Constraints, exact by construction:
   * D == 0 everywhere  ->  s = 0  ->  D_corr = 0;
-  * D_corr(a * D) = a * D_corr(D) for a > 0 (x is scale-free, outputs multiplied by D, s);
+  * D_corr(a * D) = a * D_corr(D) for a > 0 (x is scale-free, outputs multiplied by D, L);
   * homogeneous medium rho == rho_ref  ->  g = 0  ->  D_corr = D (residual exactly 0).
 """
 from __future__ import annotations
@@ -44,11 +50,15 @@ class ResBlock(nn.Module):
 class DoseUNet3D(nn.Module):
     """Two-level residual U-Net; spatial sizes must be multiples of 4 (inference pads)."""
 
-    def __init__(self, base: int = 8, rho_ref_g_cm3: float = 1.0, gate_voxels: int = 5):
+    def __init__(self, base: int = 8, rho_ref_g_cm3: float = 1.0, gate_voxels: int = 5, additive_scale_voxels: int = 5):
         super().__init__()
-        self.config = {"base": base, "rho_ref_g_cm3": rho_ref_g_cm3, "gate_voxels": gate_voxels}
+        if additive_scale_voxels < 0 or (additive_scale_voxels and additive_scale_voxels % 2 == 0):
+            raise ValueError(f"additive_scale_voxels: expected 0 (global maximum) or an odd window, got {additive_scale_voxels}")
+        self.config = {"base": base, "rho_ref_g_cm3": rho_ref_g_cm3, "gate_voxels": gate_voxels,
+                       "additive_scale_voxels": additive_scale_voxels}
         self.rho_ref = rho_ref_g_cm3
         self.gate_voxels = gate_voxels
+        self.additive_scale_voxels = additive_scale_voxels
         b = base
         self.e1 = ResBlock(3, b)
         self.e2 = ResBlock(b, 2 * b)
@@ -78,4 +88,6 @@ class DoseUNet3D(nn.Module):
         k = self.gate_voxels
         gate = torch.clamp(F.max_pool3d(dev.abs(), k, stride=1, padding=k // 2) / GATE_WIDTH_G_CM3, max=1.0)
         r = self.residual(x)
-        return dose * (1.0 + gate * FACTOR_SCALE * r[:, :1]) + scale * gate * RESIDUAL_SCALE * r[:, 1:]
+        w = self.additive_scale_voxels
+        local = F.max_pool3d(dose, w, stride=1, padding=w // 2) if w else scale
+        return dose * (1.0 + gate * FACTOR_SCALE * r[:, :1]) + local * gate * RESIDUAL_SCALE * r[:, 1:]
