@@ -79,7 +79,7 @@ class Corrector:
     checks them: GeometryError for another voxel size, InvalidDoseInputError for
     another nuclide."""
 
-    def __init__(self, model: DoseUNet3D, device=None, patch: int = 64, overlap: int = 16,
+    def __init__(self, model: DoseUNet3D, device=None, patch: int = 128, overlap: int = 16,
                  provenance: dict | None = None):
         if patch % 4 or patch < 8 or not 0 <= overlap < patch:
             raise InvalidDoseInputError(f"patch/overlap: expected patch a multiple of 4 >= 8 and 0 <= overlap < patch, got {patch}/{overlap}")

@@ -54,14 +54,15 @@ def _crop(items, crop, rng):
 
 def train(pairs, epochs: int = 30, lr: float = 3e-3, val_fraction: float = 0.34, patience: int = 8,
           seed: int = 0, base: int = 8, checkpoint: str | None = None, crop: int | None = None,
-          provenance: dict | None = None, progress: bool = False):
+          provenance: dict | None = None, progress: bool = False, additive_scale_voxels: int = 5):
     """Train a DoseUNet3D on `pairs` (see data.make_pair).  Returns (model, history)
     where history has per-epoch 'train', 'val' and the constant 'baseline_val'
     (uncorrected physics-dose loss on the validation set).  The best-validation
     weights are restored (and written to `checkpoint` with inference.save, its JSON
     provenance extended by `provenance`, e.g. nuclide and voxel size).  crop: edge (voxels,
     multiple of 4) of the random training windows; None = whole volumes.  progress: print
-    one line per epoch."""
+    one line per epoch.  additive_scale_voxels: window of the local dose maximum that scales
+    the network's additive term (`network.DoseUNet3D`)."""
     if crop is not None and (crop % 4 or crop < 8):
         raise InvalidDoseInputError(f"crop: expected a multiple of 4 >= 8 voxels, got {crop}")
     if len(pairs) < 2:
@@ -72,7 +73,7 @@ def train(pairs, epochs: int = 30, lr: float = 3e-3, val_fraction: float = 0.34,
     n_val = max(1, int(round(val_fraction * len(pairs))))
     data = [_tensors(pairs[i]) for i in order]
     val, tr = data[:n_val], data[n_val:]
-    model = DoseUNet3D(base=base)
+    model = DoseUNet3D(base=base, additive_scale_voxels=additive_scale_voxels)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     # cosine decay of the learning rate over all steps (lr -> 0.05 lr), a common choice
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * len(tr)), eta_min=0.05 * lr)
