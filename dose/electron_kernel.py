@@ -38,6 +38,7 @@ import numpy as np
 
 from . import nuclides as _nuc
 from .electron_transport import absorbed_fraction
+from .errors import InvalidDoseInputError
 from .media import medium as _medium
 from .stopping_power import E_LOCAL_MEV, csda_range_g_cm2, residual_energy_mev
 
@@ -130,7 +131,7 @@ def deposited_inside_mev(energy_mev, path_g_cm2, medium_name="water", tracks: st
         # electrons below E_LOCAL_MEV (zero range in the table) deposit at the decay point
         x = np.where(r0 > 0.0, t / np.where(r0 > 0.0, r0, 1.0), 1.0)
         return e * absorbed_fraction(e, x)
-    raise ValueError(f"tracks: expected one of {TRACKS}, got {tracks!r}")
+    raise InvalidDoseInputError(f"tracks: expected one of {TRACKS}, got {tracks!r}")
 
 
 def cumulative_energy_mev(nuclide: str, r_mm, medium_name="water", in_situ_equilibrium: bool = False,

@@ -10,6 +10,7 @@ import pytest
 from dose import electron_kernel as ek
 from dose import electron_transport as et
 from dose import stopping_power as sp
+from dose.errors import InvalidDoseInputError
 
 
 def test_wentzel_sampling_and_screening_match_the_closed_form():
@@ -85,5 +86,5 @@ def test_scattering_keeps_more_energy_near_a_beta_source():
         straight = ek.cumulative_energy_mev(name, r, "soft_tissue", tracks="straight")
         assert np.all(scattered >= straight - 1e-6)
         assert scattered[-1] == pytest.approx(straight[-1], rel=1e-9)
-    with pytest.raises(ValueError, match="tracks"):
+    with pytest.raises(InvalidDoseInputError, match="tracks"):
         ek.cumulative_energy_mev("Lu-177", 1.0, tracks="curved")
