@@ -37,6 +37,7 @@ import numpy as np
 from . import nuclides as _nuc
 from .deflection import deflect
 from .media import WATER, medium as _medium
+from .stopping_power import CLASSICAL_ELECTRON_RADIUS_CM, ELECTRON_MASS_MEV
 
 # Liquid water, Hubbell & Seltzer NISTIR 5632 (NIST X-ray mass attenuation tables):
 # energy (MeV), μ/ρ (cm²/g), μ_en/ρ (cm²/g).
@@ -123,14 +124,10 @@ def klein_nishina_cm2(energy_mev) -> tuple[np.ndarray, np.ndarray]:
     transfer σ_tr = ∫ dσ/dΩ (1 − E'/E) dΩ, by 256-point Gauss–Legendre in cos θ of
     dσ/dΩ = (r_e²/2) P² (P + 1/P − sin²θ), P = E'/E = 1/(1 + k(1 − cos θ)), k = E/mc²."""
     c, w = np.polynomial.legendre.leggauss(256)
-    k = np.asarray(energy_mev, dtype=float)[..., None] / _ME_MEV
+    k = np.asarray(energy_mev, dtype=float)[..., None] / ELECTRON_MASS_MEV
     p = 1.0 / (1.0 + k * (1.0 - c))
-    d = 0.5 * _RE_CM**2 * p**2 * (p + 1.0 / p - (1.0 - c**2))
+    d = 0.5 * CLASSICAL_ELECTRON_RADIUS_CM**2 * p**2 * (p + 1.0 / p - (1.0 - c**2))
     return 2 * math.pi * (d * w).sum(-1), 2 * math.pi * (d * (1.0 - p) * w).sum(-1)
-
-
-_ME_MEV = 0.51099895000  # CODATA 2018
-_RE_CM = 2.8179403262e-13  # CODATA 2018
 
 
 @lru_cache(maxsize=1)
@@ -189,7 +186,7 @@ def transport_table():
         position[alive] = pos
         r = np.sqrt((pos * pos).sum(axis=1))
         compton = rng.random(alive.size) >= mpa / (mc + mpa)
-        k = e[compton] / _ME_MEV
+        k = e[compton] / ELECTRON_MASS_MEV
         cos = np.empty(k.size)
         todo = np.arange(k.size)
         while todo.size:  # Klein–Nishina by rejection: f(cos θ) = P²(P + 1/P − sin²θ)/2 ≤ 1
