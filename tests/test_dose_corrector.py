@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 import dose
 from dose.corrector import Corrector, load
 from twin.corrector_data import phantom_pairs as make_pairs
-from dose.corrector.network import DoseUNet3D
+from dose.corrector.network import DoseUNet3D, box_max
 from dose.corrector.train import train
 from dose.errors import DoseError, GeometryError, InvalidDoseInputError
 
@@ -54,6 +54,15 @@ def test_additive_term_follows_the_local_dose_not_a_distant_hot_spot():
     assert relative_correction(0, 1e6) > 100 * relative_correction(0, 1e2) > 0
     with pytest.raises(ValueError, match="additive_scale_voxels"):
         DoseUNet3D(additive_scale_voxels=4)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 7])
+def test_box_max_equals_torch_cubic_max_pooling(k):
+    """The separable box maximum (shifted elementwise maxima) equals torch's k^3 max
+    pooling, edges included, on a signed random volume whose sizes differ per axis."""
+    x = torch.randn(2, 1, 9, 11, 13, generator=torch.Generator().manual_seed(k))
+    expected = torch.nn.functional.max_pool3d(x, k, stride=1, padding=k // 2)
+    assert torch.equal(box_max(x, k), expected)
 
 
 def test_zero_dose_gives_exact_zero():

@@ -36,6 +36,25 @@ FACTOR_SCALE = 1e-1  # c_m: multiplicative corrections are tens of per cent at m
 LOG_EPS = 1e-4  # floor of the log-dose channel (dose below 1e-4 of the maximum looks like 0)
 
 
+def box_max(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Maximum of x (N, C, Z, Y, X) over the k x k x k box centred on each voxel (k odd;
+    the box is cut at the volume's edges).  A box maximum is separable (max over z of
+    max over y of max over x), and each 1-D maximum is the elementwise maximum of k
+    shifted copies: 3 (k - 1) elementwise operations per voxel instead of a k^3 pooling
+    window (torch's cubic max pooling took half the network's inference time at k = 5)."""
+    h = k // 2
+    for dim in (2, 3, 4):
+        n = x.shape[dim]
+        pad = [0, 0] * 3
+        pad[2 * (4 - dim)] = pad[2 * (4 - dim) + 1] = h  # F.pad lists the last dimension first
+        padded = F.pad(x, pad, value=float("-inf"))
+        out = padded.narrow(dim, 0, n)
+        for shift in range(1, k):
+            out = torch.maximum(out, padded.narrow(dim, shift, n))
+        x = out
+    return x
+
+
 class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
@@ -86,8 +105,8 @@ class DoseUNet3D(nn.Module):
         logd = 1.0 + torch.log(rel + LOG_EPS) / math.log(1.0 / LOG_EPS)
         x = torch.cat([rel, logd, dev], 1)
         k = self.gate_voxels
-        gate = torch.clamp(F.max_pool3d(dev.abs(), k, stride=1, padding=k // 2) / GATE_WIDTH_G_CM3, max=1.0)
+        gate = torch.clamp(box_max(dev.abs(), k) / GATE_WIDTH_G_CM3, max=1.0)
         r = self.residual(x)
         w = self.additive_scale_voxels
-        local = F.max_pool3d(dose, w, stride=1, padding=w // 2) if w else scale
+        local = box_max(dose, w) if w else scale
         return dose * (1.0 + gate * FACTOR_SCALE * r[:, :1]) + local * gate * RESIDUAL_SCALE * r[:, 1:]
