@@ -22,8 +22,6 @@ os.replace, so a reader never sees a half-written file.
 from __future__ import annotations
 
 import datetime
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +30,7 @@ import SimpleITK as sitk
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from .atomic import write_atomic
 from .errors import InvalidDoseInputError
 from .absorbed import check_voxel_mm
 
@@ -67,29 +66,13 @@ def _description(nuclide: str, method: str) -> str:
     return f"rpt-twin absorbed dose, nuclide {nuclide}, method {method}"
 
 
-def _atomic(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)  # SimpleITK picks the format from the extension
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
 def write_nifti(path, dose, *, nuclide: str, method: str, voxel_mm=None, origin_mm=(0.0, 0.0, 0.0)) -> Path:
     """Write a dose map (Gy, float32) as NIfTI; nuclide and method in ``descrip``."""
     image = _as_image(dose, voxel_mm, origin_mm)
     _dose_values(image)
     out = sitk.Cast(image, sitk.sitkFloat32)
     out.SetMetaData("ITK_FileNotes", _description(nuclide, method)[:79])  # NIfTI descrip: 80 bytes
-    return _atomic(Path(path), lambda tmp: sitk.WriteImage(out, tmp, useCompression=str(path).endswith(".gz")))
+    return write_atomic(path, lambda tmp: sitk.WriteImage(out, tmp, useCompression=str(path).endswith(".gz")))
 
 
 def rtdose_dataset(dose, *, nuclide: str, method: str, voxel_mm=None, origin_mm=(0.0, 0.0, 0.0),
@@ -156,7 +139,7 @@ def rtdose_dataset(dose, *, nuclide: str, method: str, voxel_mm=None, origin_mm=
 def write_rtdose(path, dose, *, nuclide: str, method: str, **kwargs) -> Path:
     """Write a dose map (Gy) as a DICOM RT Dose file; keyword arguments as `rtdose_dataset`."""
     ds = rtdose_dataset(dose, nuclide=nuclide, method=method, **kwargs)
-    return _atomic(Path(path), lambda tmp: ds.save_as(tmp, enforce_file_format=True))
+    return write_atomic(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True))
 
 
 def read_rtdose(path) -> sitk.Image:

@@ -6,6 +6,7 @@ torch = pytest.importorskip("torch")
 
 import dose
 from dose.corrector import Corrector, load
+from dose.corrector.inference import save
 from twin.corrector_data import phantom_pairs as make_pairs
 from dose.corrector.network import DoseUNet3D, box_max
 from dose.corrector.train import train
@@ -125,6 +126,20 @@ def test_training_restores_the_best_validation_weights(trained):
         losses = [_loss(model(d, r, s), ref, m, s).item()
                   for d, r, ref, m, s in (_tensors(by_seed[k]) for k in hist["val_seeds"])]
     assert np.mean(losses) == pytest.approx(hist["best_val"], rel=1e-5)
+
+
+def test_failed_save_leaves_no_partial_file(tmp_path, monkeypatch):
+    """A write that fails half-way (disk full, interrupt) leaves neither the weights file
+    nor a temporary file behind."""
+    def failing_save(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save(DoseUNet3D(), str(tmp_path / "w.pt"))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_save_load_round_trip_identical(trained, monkeypatch):

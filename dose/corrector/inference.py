@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..atomic import write_atomic
 from ..errors import GeometryError, InvalidDoseInputError
 from ..kernels import _voxel_tuple
 from .network import DoseUNet3D
@@ -154,17 +154,12 @@ class Corrector:
 
 
 def save(model: DoseUNet3D, path: str, provenance: dict | None = None) -> None:
-    """Write `path` (state_dict, torch.save) and `path + '.json'` atomically."""
-    folder = os.path.dirname(os.path.abspath(path))
+    """Write `path` (state_dict, torch.save) and `path + '.json'`, each atomically (a
+    failed write leaves no partial file)."""
     meta = {"format": "rpt-twin dose corrector v1", "config": model.config, "provenance": provenance or {}}
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, path)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
-    os.replace(tmp, path + ".json")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
+    write_atomic(str(path) + ".json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True)))
 
 
 def load(path: str | os.PathLike | None = None, device=None, **kwargs) -> Corrector:
