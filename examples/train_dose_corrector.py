@@ -4,13 +4,14 @@
 
 Pairs: `twin.corrector_data.phantom_pairs` (synthetic whole-body phantoms, 36 x 28 x 72
 voxels of 12 mm, 177Lu; input the density-scaled kernel dose, target the
-heterogeneity-aware `reference` dose).  Phantom seeds 1..N (`--pairs`, default 80) are
-split into training and validation (`dose.corrector.train`, seeded); seeds 1001..1010 are
-held out for benchmarks/bench_corrector.py and must never be trained on.  Writes
+heterogeneity-aware `reference` dose).  Phantom seeds 1..N (`--pairs`, default 120) are
+split into training and validation (`dose.corrector.train`, seeded); seeds 1001..1010 (the
+held-out set of benchmarks/bench_corrector.py) and 901..910 (a second unseen set, used to
+compare trained weights: `bench_corrector.py --seeds 901-910`) must never be trained on.  Writes
 OUT.pt (state_dict, torch.save, loaded with weights_only=True) and OUT.pt.json (network
 config + provenance: nuclide, voxel size, grid, seeds, epochs, losses, torch version,
-command).  About 1.3 s per pair plus ~15 s per epoch on two CPU cores (defaults: 80 pairs, 60
-epochs, 18 min measured).
+command).  About 1.4 s per pair plus ~22 s per epoch on two CPU cores (defaults: 120 pairs, 60
+epochs, 25 min measured).
 Deterministic given the arguments on one machine (torch seeded, 2 threads).
 """
 from __future__ import annotations
@@ -27,15 +28,17 @@ from dose.corrector.train import train
 from twin.corrector_data import SMALL_SHAPE_XYZ, SMALL_VOXEL_MM, phantom_pairs
 
 HELD_OUT_SEEDS = tuple(range(1001, 1011))  # benchmarks/bench_corrector.py; never trained on
+COMPARISON_SEEDS = tuple(range(901, 911))  # a second unseen set for comparing weights; never trained on
 NUCLIDE = "Lu-177"
 
 
-def train_weights(out: str, n_pairs: int = 80, epochs: int = 60, lr: float = 1e-3, crop: int | None = 32,
+def train_weights(out: str, n_pairs: int = 120, epochs: int = 60, lr: float = 1e-3, crop: int | None = 32,
                   base: int = 8, seed: int = 0, threads: int = 2, progress: bool = True, command: str = "",
                   additive_window: int = 5):
     """Generate phantom pairs 1..n_pairs, train, write `out` (+ .json).  Returns the history."""
-    if n_pairs >= HELD_OUT_SEEDS[0]:
-        raise ValueError(f"n_pairs: training seeds 1..{n_pairs} would overlap the held-out seeds {HELD_OUT_SEEDS}")
+    if n_pairs >= COMPARISON_SEEDS[0]:
+        raise ValueError(f"n_pairs: training seeds 1..{n_pairs} would overlap the held-out / comparison seeds "
+                         f"{COMPARISON_SEEDS[0]}..{COMPARISON_SEEDS[-1]} and {HELD_OUT_SEEDS[0]}..{HELD_OUT_SEEDS[-1]}")
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     pairs = phantom_pairs(range(1, n_pairs + 1), nuclide=NUCLIDE)
@@ -57,7 +60,7 @@ def train_weights(out: str, n_pairs: int = 80, epochs: int = 60, lr: float = 1e-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", nargs="?", default=str(DEFAULT_WEIGHTS), help="weights path (default: the shipped file)")
-    ap.add_argument("--pairs", type=int, default=80, help="phantom seeds 1..N for training + validation")
+    ap.add_argument("--pairs", type=int, default=120, help="phantom seeds 1..N for training + validation")
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--crop", type=int, default=32, help="training window edge (voxels); 0 = whole volumes")

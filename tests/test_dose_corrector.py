@@ -342,5 +342,6 @@ def test_training_script_runs_end_to_end(tmp_path):
     assert len(hist["val"]) == 1 and np.isfinite(hist["val"][0])
     c = load(str(out))
     assert c.trained_voxel_mm == (12.0, 12.0, 12.0)
-    with pytest.raises(ValueError, match="held-out"):
-        mod.train_weights(str(out), n_pairs=1001)
+    for n in (901, 1001):  # the comparison set 901-910 and the held-out set 1001-1010 stay unseen
+        with pytest.raises(ValueError, match="held-out / comparison"):
+            mod.train_weights(str(out), n_pairs=n)
