@@ -345,3 +345,76 @@ def test_training_script_runs_end_to_end(tmp_path):
     for n in (901, 1001):  # the comparison set 901-910 and the held-out set 1001-1010 stay unseen
         with pytest.raises(ValueError, match="held-out / comparison"):
             mod.train_weights(str(out), n_pairs=n)
+
+
+def _user_case(tmp_path, k: int, spacing_mm=12.0):
+    """A (TIA, CT, reference dose) case written as NIfTI files the way a user brings
+    Monte Carlo output: TIA in MBq*h, CT in HU (soft tissue with a lung and a bone slab),
+    the reference dose (Gy; here this package's `reference` method stands in for the
+    user's engine).  Returns the three paths and the TIA in MBq*s."""
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(k)
+    shape = (16, 16, 16)
+    ct = np.full(shape, 40.0)
+    ct[:, :5] = -750.0
+    ct[:, 12:] = 1000.0
+    tia_s = np.zeros(shape)
+    tia_s[tuple(rng.integers(2, 14, (3, 4)))] = rng.uniform(1e4, 1e5, 4)
+    ref = dose.absorbed_dose(tia_s, (12.0,) * 3, "Lu-177", method="reference", ct_hu=ct)
+    paths = []
+    for name, arr in (("tia", tia_s / 3600.0), ("ct", ct), ("ref", ref)):
+        img = sitk.GetImageFromArray(np.asarray(arr, np.float64))
+        img.SetSpacing((spacing_mm if name == "ref" else 12.0,) * 3)
+        paths.append(str(tmp_path / f"{name}{k}.nii.gz"))
+        sitk.WriteImage(img, paths[-1])
+    return paths, tia_s, ct, ref
+
+
+def test_pair_from_user_nifti_files_matches_the_array_computation(tmp_path):
+    """Pairs from image files (TIA in MBq*h) equal the pair computed from the arrays
+    (MBq*s): units converted, voxel size read from the files, density from the CT."""
+    from dose.corrector import pair_from_reference
+
+    (tia_p, ct_p, ref_p), tia_s, ct, ref = _user_case(tmp_path, 0)
+    from_files = pair_from_reference(tia_p, ct_p, ref_p, tia_units="MBq*h")
+    from_arrays = pair_from_reference(tia_s, ct, ref, 12.0)
+    assert from_files["voxel_mm"] == (12.0, 12.0, 12.0) and from_files["nuclide"] == "Lu-177"
+    np.testing.assert_allclose(from_files["tia_mbq_s"], tia_s, rtol=1e-12)
+    np.testing.assert_allclose(from_files["physics_gy"], from_arrays["physics_gy"], rtol=1e-5,
+                               atol=1e-6 * from_arrays["physics_gy"].max())
+    np.testing.assert_array_equal(from_files["reference_gy"], ref)
+    assert from_files["density_g_cm3"][0, 0, 0] < 0.4 < 1.5 < from_files["density_g_cm3"][0, 15, 0]
+
+
+def test_train_takes_user_reference_doses_as_nifti_paths(tmp_path):
+    """`train` on (TIA, CT, reference) path triples: the weights record the files' voxel
+    size and nuclide (checked at use), pairs without seeds are listed by index."""
+    cases = [_user_case(tmp_path, k)[0] for k in range(3)]
+    out = tmp_path / "user.pt"
+    model, hist = train(cases, epochs=1, crop=8, checkpoint=str(out), tia_units="MBq*h")
+    c = load(str(out))
+    assert c.trained_voxel_mm == (12.0, 12.0, 12.0) and c.trained_nuclide == "Lu-177"
+    assert sorted(c.provenance["training"]["train_seeds"] + hist["val_seeds"]) == [0, 1, 2]
+    with pytest.raises(GeometryError, match="trained for"):
+        c(np.ones((8, 8, 8)), np.ones((8, 8, 8)), voxel_mm=6.0)
+
+
+def test_user_training_data_errors_name_the_field(tmp_path):
+    from dose.corrector import pair_from_reference
+
+    (tia_p, ct_p, _), *_ = _user_case(tmp_path, 0)
+    (_, _, ref_other_grid), *_ = _user_case(tmp_path, 1, spacing_mm=10.0)
+    with pytest.raises(GeometryError, match="reference_gy"):
+        pair_from_reference(tia_p, ct_p, ref_other_grid)
+    missing = str(tmp_path / "nope.nii.gz")
+    with pytest.raises(InvalidDoseInputError, match="nope.nii.gz"):
+        pair_from_reference(tia_p, ct_p, missing)
+    _, tia_s, ct, ref = _user_case(tmp_path, 2)
+    bad = ref.copy(); bad[1, 1, 1] = -1.0
+    with pytest.raises(InvalidDoseInputError, match="negative"):
+        pair_from_reference(tia_s, ct, bad, 12.0)
+    with pytest.raises(InvalidDoseInputError, match="voxel_mm differs"):
+        train([pair_from_reference(tia_s, ct, ref, 12.0), pair_from_reference(tia_s, ct, ref, 10.0)], epochs=1)
+    with pytest.raises(InvalidDoseInputError, match=r"pairs\[0\]"):
+        train(["tia.nii.gz", "ct.nii.gz"], epochs=1)

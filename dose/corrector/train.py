@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from ..errors import InvalidDoseInputError
+from ..kernels import _voxel_tuple
+from .data import pair_from_reference
 from .inference import check_inputs, save
 from .network import DoseUNet3D
 
@@ -30,6 +32,38 @@ def _tensors(pair):
     t = lambda a: torch.as_tensor(np.ascontiguousarray(a[crop]), dtype=torch.float32)[None, None]
     s = float(d.max())
     return t(d), t(r), t(ref), torch.as_tensor(mask)[None, None], torch.full((1, 1, 1, 1, 1), s)
+
+
+def _as_pair(item, k: int, voxel_mm, nuclide: str, tia_units: str) -> dict:
+    """A pair dict as given, or one made by `pair_from_reference` from a (tia, ct_hu,
+    reference_gy[, body]) tuple of arrays, SimpleITK images or image file paths."""
+    if isinstance(item, dict):
+        return item
+    if isinstance(item, (tuple, list)) and len(item) in (3, 4):
+        body = item[3] if len(item) == 4 else None
+        return pair_from_reference(*item[:3], voxel_mm, nuclide=nuclide, tia_units=tia_units, body=body)
+    raise InvalidDoseInputError(f"pairs[{k}]: expected a pair dict (dose.corrector.pair_from_reference, make_pair) or "
+                                f"a (tia, ct_hu, reference_gy[, body]) tuple of arrays or image paths, got "
+                                f"{type(item).__name__}")
+
+
+def _common_geometry(pairs) -> dict:
+    """The voxel size (z, y, x mm) and nuclide the pairs record, for the weights'
+    provenance (the corrector is specific to both); InvalidDoseInputError if they differ."""
+    out = {}
+    for key, norm in (("voxel_mm", lambda v: list(_voxel_tuple(v))), ("nuclide", str)):
+        values = {tuple(np.atleast_1d(norm(p[key]))) for p in pairs if p.get(key) is not None}
+        if len(values) > 1:
+            raise InvalidDoseInputError(f"pairs: {key} differs between pairs ({sorted(values)}); a corrector is trained "
+                                        "for one voxel size and one nuclide")
+        if values:
+            out[key] = norm(next(p[key] for p in pairs if p.get(key) is not None))
+    return out
+
+
+def _pair_id(pair: dict, index: int) -> int:
+    """The pair's phantom seed, or its index in `pairs` when it has none (user data)."""
+    return int(pair["seed"] if pair.get("seed") is not None else index)
 
 
 REL_EPS = 1e-3  # eps of the loss (fraction of the maximum dose), a design choice
@@ -54,12 +88,18 @@ def _crop(items, crop, rng):
 
 def train(pairs, epochs: int = 30, lr: float = 3e-3, val_fraction: float = 0.34, patience: int = 8,
           seed: int = 0, base: int = 8, checkpoint: str | None = None, crop: int | None = None,
-          provenance: dict | None = None, progress: bool = False, additive_scale_voxels: int = 5):
-    """Train a DoseUNet3D on `pairs` (see data.make_pair).  Returns (model, history)
+          provenance: dict | None = None, progress: bool = False, additive_scale_voxels: int = 5,
+          voxel_mm=None, nuclide: str = "Lu-177", tia_units: str = "MBq*s"):
+    """Train a DoseUNet3D on `pairs`: dicts of `data.pair_from_reference` / `data.make_pair`,
+    or (tia, ct_hu, reference_gy[, body]) tuples of arrays, SimpleITK images or image file
+    paths (NIfTI, e.g. a Monte Carlo dose from the user's own engine), made into pairs with
+    `voxel_mm` (arrays only), `nuclide` and `tia_units`.  Returns (model, history)
     where history has per-epoch 'train', 'val' and the constant 'baseline_val'
     (uncorrected physics-dose loss on the validation set).  The best-validation
-    weights are restored (and written to `checkpoint` with inference.save, its JSON
-    provenance extended by `provenance`, e.g. nuclide and voxel size).  crop: edge (voxels,
+    weights are restored (and written to `checkpoint` with inference.save; its JSON
+    provenance records the pairs' voxel size and nuclide, which `load` checks at use, and
+    is extended by `provenance`).  train_seeds / val_seeds: the pairs' seeds, or their
+    indices in `pairs` for pairs without one.  crop: edge (voxels,
     multiple of 4) of the random training windows; None = whole volumes.  progress: print
     one line per epoch.  additive_scale_voxels: window of the local dose maximum that scales
     the network's additive term (`network.DoseUNet3D`)."""
@@ -67,6 +107,8 @@ def train(pairs, epochs: int = 30, lr: float = 3e-3, val_fraction: float = 0.34,
         raise InvalidDoseInputError(f"crop: expected a multiple of 4 >= 8 voxels, got {crop}")
     if len(pairs) < 2:
         raise InvalidDoseInputError(f"pairs: expected >= 2 training pairs (train + validation), got {len(pairs)}")
+    pairs = [_as_pair(p, k, voxel_mm, nuclide, tia_units) for k, p in enumerate(pairs)]
+    geometry = _common_geometry(pairs)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(pairs))
@@ -83,7 +125,7 @@ def train(pairs, epochs: int = 30, lr: float = 3e-3, val_fraction: float = 0.34,
             return float(np.mean([_loss(model(d, r, s), ref, m, s).item() for d, r, ref, m, s in items]))
 
     baseline = float(np.mean([_loss(d, ref, m, s).item() for d, r, ref, m, s in val]))
-    hist = {"train": [], "val": [], "baseline_val": baseline, "val_seeds": [int(pairs[i]["seed"]) for i in order[:n_val]]}
+    hist = {"train": [], "val": [], "baseline_val": baseline, "val_seeds": [_pair_id(pairs[i], i) for i in order[:n_val]]}
     best, best_state, wait = np.inf, None, 0
     for _ in range(epochs):
         model.train()
@@ -123,8 +165,8 @@ def train(pairs, epochs: int = 30, lr: float = 3e-3, val_fraction: float = 0.34,
         record = {"seed": seed, "epochs": epochs, "epochs_run": len(hist["val"]), "lr": lr, "crop": crop,
                   "loss": "mean |D - D_ref| / (D_ref + 1e-3 max D) over the body", "best_val": best,
                   "baseline_val": baseline, "train_loss": hist["train"], "val_loss": hist["val"],
-                  "train_seeds": [int(pairs[i]["seed"]) for i in order[n_val:]], "val_seeds": hist["val_seeds"],
-                  "torch_version": torch.__version__}
+                  "train_seeds": [_pair_id(pairs[i], i) for i in order[n_val:]], "val_seeds": hist["val_seeds"],
+                  "torch_version": torch.__version__, **geometry}
         record.update(provenance or {})
         save(model, checkpoint, record)
     return model, hist
