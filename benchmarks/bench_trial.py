@@ -8,7 +8,9 @@ reduced model exists yet, issue 7), at the trial's default solver tolerance (rto
 
 * throughput: each mode first computes one warm-up chunk in every process (compilation),
   then runs the timed trial; simulations per second and the ratios
-  (2 workers / 1 worker = scaling; in-process / 1 worker = Dask overhead);
+  (2 workers / 1 worker = scaling; in-process / 1 worker = Dask overhead), end to end and
+  for the chunks alone (the summary tables and plots at the end run serially in the
+  calling process, a fixed cost that weighs on small trials);
 * memory: the in-process trial at N_small and N_large patients (one 1-cycle schedule, to
   keep it short), each in its own child process; the child's peak RSS (ru_maxrss) is printed for both (it must not grow with N:
   chunks are written and dropped);
@@ -48,15 +50,27 @@ def trial_config(patients: int, schedules: int, cycles: int, chunk: int, seed: i
     })
 
 
-def timed_run(config: TrialConfig, warm: TrialConfig, client, folder: Path) -> float:
-    """Compile on every worker first (client.run runs on each), then time the trial."""
+def timed_run(config: TrialConfig, warm: TrialConfig, client, folder: Path, phases: dict | None = None) -> float:
+    """Compile on every worker first (client.run runs on each), then time the trial.
+    Returns the end-to-end seconds; `phases` (if given) receives the seconds until the
+    last chunk was stored ("chunks") and of the summary tables and plots that follow
+    ("summary", serial in the calling process)."""
     if client is None:
         trial_chunk(warm.to_dict(), 0)
     else:
         client.run(trial_chunk, warm.to_dict(), 0)
+    marks = {}
+
+    def note(finished, total):
+        if finished == total:
+            marks["chunks"] = time.perf_counter()
+
     start = time.perf_counter()
-    run_trial(config, folder / "timed", client=client, force=True)
-    return time.perf_counter() - start
+    run_trial(config, folder / "timed", client=client, force=True, progress=note)
+    end = time.perf_counter()
+    if phases is not None:
+        phases.update(chunks=marks["chunks"] - start, summary=end - marks["chunks"])
+    return end - start
 
 
 def memory_child(patients: int, schedules: int, cycles: int, chunk: int) -> None:
@@ -114,17 +128,20 @@ def main() -> None:
     sims = args.patients * args.schedules
     print(f"trial: {args.patients} patients x {args.schedules} schedules x {args.cycles} cycles "
           f"(chunks of {args.chunk}), full PSMA model; {os.cpu_count()} CPUs")
-    rates = {}
+    rates, chunk_rates = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        rates["in-process"] = sims / timed_run(config, warm, None, tmp / "inproc")
-        for n in (1, 2):
+        for n in (None, 1, 2):
+            mode = "in-process" if n is None else f"{n} worker(s)"
+            phases = {}
             with runner.connect(workers=n, cache_dir=tmp / "jax-cache") as client:
-                rates[f"{n} worker(s)"] = sims / timed_run(config, warm, client, tmp / f"w{n}")
-    for mode, rate in rates.items():
-        print(f"  {mode:12s} {rate:8.2f} simulations/s")
-    print(f"  scaling 2 workers / 1 worker: {rates['2 worker(s)'] / rates['1 worker(s)']:.2f}x "
-          f"(target >= 1.8x); in-process / 1 worker: {rates['in-process'] / rates['1 worker(s)']:.2f}x")
+                rates[mode] = sims / timed_run(config, warm, client, tmp / mode.replace(" ", "_"), phases)
+            chunk_rates[mode] = sims / phases["chunks"]
+            print(f"  {mode:12s} {rates[mode]:8.2f} simulations/s end to end; chunks {phases['chunks']:.1f} s "
+                  f"({chunk_rates[mode]:.2f}/s), summary and plots {phases['summary']:.1f} s", flush=True)
+    for label, r in (("end to end", rates), ("chunks only", chunk_rates)):
+        print(f"  scaling 2 workers / 1 worker, {label}: {r['2 worker(s)'] / r['1 worker(s)']:.2f}x "
+              f"(target >= 1.8x); in-process / 1 worker: {r['in-process'] / r['1 worker(s)']:.2f}x")
     hours = 1e5 * args.schedules / rates["2 worker(s)"] / 3600
     print(f"  10^5 patients x {args.schedules} schedules at the 2-worker rate: {hours:.1f} h "
           "(target 15 min with a reduced model)")

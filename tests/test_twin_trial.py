@@ -173,8 +173,15 @@ def test_local_cluster_with_a_killed_worker_gives_the_in_process_table(trial_run
     scheduler re-runs its chunks elsewhere, and the table equals the in-process one."""
     config, run = trial_run
     killed = []
+    def cores():
+        return sorted(os.sched_getaffinity(0))
+
+    pinning = hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) >= 2
     with runner.connect(workers=2, cache_dir=tmp_path / "jax-cache") as client:
         pids = list(client.run(os.getpid).values())
+        if pinning:  # each worker on its own share of the cores
+            shares = list(client.run(cores).values())
+            assert len(shares) == 2 and not set(shares[0]) & set(shares[1])
 
         def kill_after_first(finished, total):
             if finished == 1 and not killed:
@@ -182,10 +189,24 @@ def test_local_cluster_with_a_killed_worker_gives_the_in_process_table(trial_run
                 killed.append(pids[0])
 
         distributed = run_trial(config, tmp_path / "dask", client=client, progress=kill_after_first)
+        if pinning:  # the restarted worker is pinned again
+            client.wait_for_workers(2)
+            shares = list(client.run(cores).values())
+            assert len(shares) == 2 and not set(shares[0]) & set(shares[1])
     assert killed and len(distributed.stats.computed) == config.n_chunks
     out = distributed.outcomes()
     assert not out.duplicated(["patient_id", "schedule", "region"]).any()
     pd.testing.assert_frame_equal(out, run.outcomes())
+
+
+@pytest.mark.parametrize("cores, n, expected", [
+    ([0, 1], 2, [[0], [1]]),
+    ([4, 5, 6, 7], 2, [[4, 5], [6, 7]]),
+    ([0, 1, 2], 2, [[0], [1, 2]]),
+    ([0, 1], 3, [[0], [1], [0]]),
+])
+def test_core_share_splits_the_cores_between_workers(cores, n, expected):
+    assert [runner.core_share(cores, i, n) for i in range(n)] == expected
 
 
 def test_patients_the_model_cannot_hold_are_recorded_not_fatal(trial_run, tmp_path):

@@ -18,10 +18,17 @@ Where the work runs:
 
 JAX on workers (`worker_environment`): one XLA CPU thread per worker thread
 (``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``, OMP_NUM_THREADS=1),
-so N single-threaded workers use N cores without oversubscription; a persistent
+and, on a `LocalCluster` (Linux), each worker process pinned to its own share of the
+machine's cores (`twin.worker_pinning.PinWorkerCores`).  The pinning is what keeps N
+workers on N cores: even with those flags XLA's CPU runtime keeps helper threads that
+spin on a second core (a
+"single-threaded" trial chunk used 1.75 cores of CPU time at the speed of one), so two
+unpinned workers on two cores ran at 1.1x one worker; pinned, 2.0x.  A persistent
 compilation cache shared by all workers (``JAX_COMPILATION_CACHE_DIR``), so the model is
 compiled once per machine, not once per worker.  On a remote cluster set the same
-variables in the workers' environment (see README, "Cohort scale").
+variables in the workers' environment and bind each worker to its cores with the
+cluster's own means (SLURM's task/cgroup or task/affinity plugin, taskset; see README,
+"Cohort scale").
 """
 
 from __future__ import annotations
@@ -123,12 +130,35 @@ def worker_environment(cache_dir: str | os.PathLike | None = None) -> dict[str, 
     }
 
 
+def core_share(cores: Sequence[int], index: int, n_workers: int) -> list[int]:
+    """The cores of worker `index` of `n_workers` on the machine's `cores`: consecutive
+    equal shares when there are at least as many cores as workers (4 cores, 2 workers:
+    [0, 1] and [2, 3]), else one core each, round robin."""
+    cores = sorted(cores)
+    if n_workers <= len(cores):
+        return cores[index * len(cores) // n_workers:(index + 1) * len(cores) // n_workers]
+    return [cores[index % len(cores)]]
+
+
+def pin_process(cores: Sequence[int]) -> bool:
+    """Restrict every thread of this process (and the threads they start later) to
+    `cores`; False where the platform has no CPU affinity (macOS, Windows)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return False
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(tid), set(cores))
+    return True
+
+
 @contextlib.contextmanager
 def connect(scheduler=None, workers: int | None = None, cache_dir=None) -> Iterator[object | None]:
     """The client to run on: None (in-process) when neither is given; a Client of the
     scheduler at `scheduler` (an address such as "tcp://host:8786", or a Client, used
     as is); or a LocalCluster of `workers` single-threaded processes with
-    `worker_environment`.  Closes what it opened."""
+    `worker_environment`, each pinned to its share of the cores
+    (`twin.worker_pinning.PinWorkerCores`).
+    Closes what it opened."""
     if scheduler is not None and workers is not None:
         raise TwinError("give either a scheduler address or a number of local workers, not both")
     if scheduler is None and workers is None:
@@ -147,6 +177,9 @@ def connect(scheduler=None, workers: int | None = None, cache_dir=None) -> Itera
         raise TwinError(f"workers = {workers!r}; expected an integer >= 1")
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                       env=worker_environment(cache_dir)) as cluster, Client(cluster) as client:
+        from .worker_pinning import PinWorkerCores
+
+        client.register_plugin(PinWorkerCores(workers))
         yield client
 
 
