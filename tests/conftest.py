@@ -2,21 +2,14 @@
 shapes and output-time arrays (a new shape means a new XLA compilation).
 
 The suite runs on two pytest-xdist workers (`make test`); each worker keeps XLA and
-OpenMP to one thread and is pinned to its own share of the cores (`twin.runner.core_share`;
-XLA's CPU runtime otherwise spins helper threads on the other worker's core), so the two
-do not oversubscribe a 2-core machine (set before JAX or torch start their thread pools)."""
+OpenMP to one thread so the two do not oversubscribe a 2-core machine (set before JAX
+or torch start their thread pools)."""
 
 import os
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from twin.runner import core_share, pin_process
-
-    if hasattr(os, "sched_getaffinity"):
-        _index = int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw"))
-        _count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-        pin_process(core_share(os.sched_getaffinity(0), _index % _count, _count))
 
 import numpy as np
 import pytest
