@@ -50,14 +50,17 @@ def _as_pair(item, k: int, voxel_mm, nuclide: str, tia_units: str) -> dict:
 def _common_geometry(pairs) -> dict:
     """The voxel size (z, y, x mm) and nuclide the pairs record, for the weights'
     provenance (the corrector is specific to both); InvalidDoseInputError if they differ."""
-    out = {}
-    for key, norm in (("voxel_mm", lambda v: list(_voxel_tuple(v))), ("nuclide", str)):
-        values = {tuple(np.atleast_1d(norm(p[key]))) for p in pairs if p.get(key) is not None}
+    voxels = {_voxel_tuple(p["voxel_mm"]) for p in pairs if p.get("voxel_mm") is not None}
+    nuclides = {str(p["nuclide"]) for p in pairs if p.get("nuclide") is not None}
+    for key, values in (("voxel_mm", voxels), ("nuclide", nuclides)):
         if len(values) > 1:
             raise InvalidDoseInputError(f"pairs: {key} differs between pairs ({sorted(values)}); a corrector is trained "
                                         "for one voxel size and one nuclide")
-        if values:
-            out[key] = norm(next(p[key] for p in pairs if p.get(key) is not None))
+    out = {}
+    if voxels:
+        out["voxel_mm"] = list(voxels.pop())
+    if nuclides:
+        out["nuclide"] = nuclides.pop()
     return out
 
 
