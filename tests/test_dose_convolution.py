@@ -118,6 +118,27 @@ def test_convolver_is_reusable_and_checks_shapes():
         FFTConvolver(np.ones((4, 5, 5)), (6, 7, 8))
 
 
+def test_convolver_input_layouts_and_read_only_view():
+    """Non-contiguous float64 input, integer input: same result as fftconvolve; the output is
+    a read-only view (documented), and the padded host buffer is 64-byte aligned."""
+    from dose.convolution import _aligned_zeros
+
+    rng = np.random.default_rng(3)
+    kernel = rng.random((3, 5, 7))
+    base = rng.random((12, 9, 16))
+    image = base[::2, :, ::2].transpose(2, 0, 1)  # (8, 6, 9), strided and transposed
+    conv = FFTConvolver(kernel, image.shape)
+    out = conv(image)
+    expected = scipy.signal.fftconvolve(image, kernel, mode="same")
+    assert out.shape == image.shape and out.dtype == np.float32
+    assert np.max(np.abs(out - expected)) < 1e-5 * np.max(expected)
+    assert not out.flags.writeable
+    ints = np.arange(np.prod(image.shape)).reshape(image.shape) % 5
+    assert np.allclose(conv(ints), scipy.signal.fftconvolve(ints.astype(float), kernel, mode="same"), atol=1e-4)
+    for shape in [(8, 6, 9), (288, 288, 288), (1, 1, 1)]:
+        assert _aligned_zeros(shape).ctypes.data % 64 == 0 and not _aligned_zeros(shape).any()
+
+
 def test_delta_source_returns_the_kernel():
     kernel = gaussian_kernel_source("Lu-177", VOXEL, "soft_tissue").values
     n = kernel.shape[0] + 4
