@@ -98,7 +98,7 @@ def method_call(method: str, tia: np.ndarray, ker: np.ndarray):
 
 
 def peak_memory(method: str, size: int, kind: str, path: str | None) -> dict:
-    """Child process: one warm-up and one timed call; peak RSS of this method alone."""
+    """Child process: two calls (the first compiles ours); peak RSS of this method alone."""
     fn = method_call(method, tia_map(size), kernel(kind, path))
     fn()
     fn()
