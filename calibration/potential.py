@@ -16,6 +16,18 @@ predictions held fixed (no solve); (dtheta/dx)^T by a vjp of the cheap map x -> 
 So K tangents travel through the solver however many sites the model has (error scales,
 population means and spreads, one eta per patient and parameter).  Reverse mode
 (``forward=False``) differentiates U directly.
+
+The same K tangents give a Gauss-Newton Hessian (`ChainRulePotential.gauss_newton`, one
+patient, forward mode): with q = log p (the error model is log-normal, so q enters the
+likelihood as a location) and P(x) = q(theta(x)),
+
+    H_GN = U_xx + U_xq P' + P'^T U_qx + P'^T U_qq P' + sum_k (dU/dtheta_k) d2theta_k/dx2,
+
+P' = J_q dtheta/dx.  It drops only sum_i (dU/dq_i) d2q_i/dtheta2 (second derivatives of
+the solve), whose weights dU/dq_i are the scaled residuals: H_GN is the Hessian itself
+where the predictions meet the data and close to it at a MAP with small residuals.
+U_qq is positive semi-definite (1/s^2 for measured rows; -log Phi is convex for censored
+ones), so Newton steps on H_GN head downhill where the error scales are near their fit.
 """
 
 from __future__ import annotations
@@ -46,6 +58,7 @@ class _Compiled(NamedTuple):
     constrain_solving: Callable  # (draws, data) -> sites, solving each draw
     constrain_given: Callable  # (draws, values, ok, data) -> sites, predictions given
     thetas: Callable  # draws -> theta (n, ..., K)
+    gauss_newton: Callable | None  # (x, data) -> (U, dU/dx, H_GN); forward mode only
 
 
 class ChainRulePotential:
@@ -107,6 +120,18 @@ class ChainRulePotential:
         flat = np.array([int(np.flatnonzero(marker == m + 1)[0]) for m in range(sites[site].size)])
         return flat.reshape(np.shape(sites[site]))
 
+    @property
+    def has_gauss_newton(self) -> bool:
+        """Whether `gauss_newton` is available (forward-mode potentials of one patient)."""
+        return self._compiled.gauss_newton is not None
+
+    def gauss_newton(self, x):
+        """(U(x), dU/dx, H_GN(x)) for this potential's data (jitted; module docstring).
+        One patient's potential only: theta of shape (K,), predictions positive."""
+        if self._compiled.gauss_newton is None:
+            raise ValueError("gauss_newton needs a forward-mode potential of one patient")
+        return self._compiled.gauss_newton(x, self._data)
+
     def differentiable(self):
         """U(x) as a JAX function whose reverse-mode derivative is this potential's
         gradient (for NUTS given a ``potential_fn``)."""
@@ -141,8 +166,11 @@ def _compile(model, model_args, init_values, seed, forward, theta_of, predict, d
                             init_strategy=init_to_value(values=init_values), forward_mode_differentiation=forward,
                             validate_grad=False)
     flat0, unravel = ravel_pytree(info.param_info.z)
+    gauss_newton = None
     if forward:
         value_and_grad = _chain_rule(model, model_args, unravel, theta_of, predict)
+        if np.ndim(theta_of(unravel(flat0))) == 1:  # one patient
+            gauss_newton = jax.jit(_gauss_newton(model, model_args, unravel, theta_of, predict))
     else:
         def value_and_grad(x, d):
             return jax.value_and_grad(lambda v: potential_energy(model, model_args, _model_kwargs(d), unravel(v)))(x)
@@ -155,25 +183,66 @@ def _compile(model, model_args, init_values, seed, forward, theta_of, predict, d
         np.asarray(flat0), unravel, jax.jit(value_and_grad),
         jax.jit(jax.vmap(constrain, in_axes=(0, None))),
         jax.jit(jax.vmap(lambda x, values, ok, d: constrain(x, d, predicted=(values, ok)), in_axes=(0, 0, 0, None))),
-        jax.jit(jax.vmap(lambda x: theta_of(unravel(x)))))
+        jax.jit(jax.vmap(lambda x: theta_of(unravel(x)))), gauss_newton)
 
 
-def _chain_rule(model, model_args, unravel, theta_of, predict):
-    """(x, data) -> (U, dU/dx) by the chain rule of the module docstring."""
+def _given_predictions(model, model_args, unravel):
+    """(x, values, ok, data) -> U(x) with the predictions given (no solve)."""
 
     def given_predictions(x, values, ok, d):
         return potential_energy(model, model_args, _model_kwargs(d, predicted=(values, ok)), unravel(x))
 
+    return given_predictions
+
+
+def _tangents(predict, theta, d):
+    """(values, ok) of `predict` at theta and the K tangents of values, tangent k
+    perturbing parameter k of every patient (leading axis K)."""
+    n_free = theta.shape[-1]
+    batch_ndim = theta.ndim - 1
+    basis = jnp.broadcast_to(jnp.eye(n_free, dtype=theta.dtype).reshape((n_free,) + (1,) * batch_ndim + (n_free,)),
+                             (n_free,) + theta.shape)
+    return jax.vmap(lambda v: jax.jvp(lambda th: predict(th, d), (theta,), (v,)),
+                    out_axes=((None, None), (0, None)))(basis)
+
+
+def _gauss_newton(model, model_args, unravel, theta_of, predict):
+    """(x, data) -> (U, dU/dx, H_GN) of the module docstring, for theta of shape (K,)."""
+    given_predictions = _given_predictions(model, model_args, unravel)
+
+    def value_grad_hessian(x, d):
+        theta_fn = lambda v: theta_of(unravel(v))  # noqa: E731
+        theta = theta_fn(x)
+        (values, ok), (d_values, _) = _tangents(predict, theta, d)
+        flat_values, unflatten = ravel_pytree(values)
+        log_p = jnp.log(flat_values)
+        # J_q (K, R): tangents of q = log p
+        j_q = jax.vmap(lambda t: ravel_pytree(t)[0])(d_values) / flat_values
+
+        def u_of(v, q):
+            return given_predictions(v, unflatten(jnp.exp(q)), ok, d)
+
+        theta_jac = jax.jacfwd(theta_fn)(x)  # (K, n)
+        q_jac = j_q.T @ theta_jac  # (R, n)
+        value, (u_x, u_q) = jax.value_and_grad(u_of, argnums=(0, 1))(x, log_p)
+        (u_xx, u_xq), (_, u_qq) = jax.hessian(u_of, argnums=(0, 1))(x, log_p)
+        u_theta = j_q @ u_q  # (K,)
+        curvature_of_theta = jnp.einsum("k,kij->ij", u_theta, jax.hessian(theta_fn)(x))
+        cross = u_xq @ q_jac
+        hessian = u_xx + cross + cross.T + q_jac.T @ u_qq @ q_jac + curvature_of_theta
+        return value, u_x + theta_jac.T @ u_theta, hessian
+
+    return value_grad_hessian
+
+
+def _chain_rule(model, model_args, unravel, theta_of, predict):
+    """(x, data) -> (U, dU/dx) by the chain rule of the module docstring."""
+    given_predictions = _given_predictions(model, model_args, unravel)
+
     def value_and_grad(x, d):
         theta, theta_vjp = jax.vjp(lambda v: theta_of(unravel(v)), x)
-        n_free = theta.shape[-1]
         batch_ndim = theta.ndim - 1
-        # tangent k: parameter k of every patient
-        basis = jnp.broadcast_to(jnp.eye(n_free, dtype=theta.dtype).reshape((n_free,) + (1,) * batch_ndim
-                                                                              + (n_free,)),
-                                 (n_free,) + theta.shape)
-        (values, ok), (d_values, _) = jax.vmap(lambda v: jax.jvp(lambda th: predict(th, d), (theta,), (v,)),
-                                               out_axes=((None, None), (0, None)))(basis)
+        (values, ok), (d_values, _) = _tangents(predict, theta, d)
         value, (g_x, g_values) = jax.value_and_grad(given_predictions, argnums=(0, 1))(x, values, ok, d)
 
         def contract(t, g):  # (K, *batch, *rest) x (*batch, *rest) -> (K, *batch)

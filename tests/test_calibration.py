@@ -5,6 +5,7 @@ never centred on the truth), data are 8 % log-normal noise on kidney, lesion and
 activity at six SPECT time points.
 """
 
+import dataclasses
 import math
 
 import jax
@@ -128,8 +129,9 @@ def test_failed_solves_give_a_finite_penalty(toy, table, schedule):
     value, grad = potential.value_and_grad(jnp.asarray(potential.x0))
     assert np.isfinite(float(value)) and float(value) > 1e9
     assert np.all(np.isfinite(np.asarray(grad)))
-    with pytest.raises(calibration.CalibrationError, match="MAP search failed"):
-        find_map(potential, max_iter=5)
+    for newton in (False, True):
+        with pytest.raises(calibration.CalibrationError, match="MAP search failed"):
+            find_map(potential, max_iter=5, newton=newton)
 
 
 def test_chain_rule_gradient_equals_the_full_forward_mode_gradient(toy, table, schedule):
@@ -153,6 +155,41 @@ def test_chain_rule_gradient_equals_the_full_forward_mode_gradient(toy, table, s
     # and the custom-VJP wrapper NUTS differentiates gives the same gradient
     np.testing.assert_allclose(np.asarray(jax.grad(potential.differentiable())(x)), np.asarray(full),
                                rtol=1e-8, atol=1e-8)
+
+
+def test_gauss_newton_hessian_is_the_hessian_where_predictions_meet_the_data(toy, schedule, truth_trajectory):
+    """Noise-free data, evaluated at the truth: every residual is zero, so the only term
+    the Gauss-Newton Hessian drops vanishes and it equals central differences of the
+    exact gradient (tight solver); its value and gradient are the potential's."""
+    rows = [dict(patient="p1", modality="NM", tracer="177Lu-PSMA-617", time_h=t, region=region, activity_mbq=a)
+            for region in REGIONS for t, a in zip(TIMES_H, np.asarray(truth_trajectory.activity_mbq[region]))]
+    options = pbpk.SolverOptions(rtol=1e-10, atol=1e-12, max_steps=20000, adjoint="forward")
+    problem = make_problem(toy, pd.DataFrame(rows), schedule, free=FREE, options=options)
+    potential = _Potential(problem, seed=0)
+    x = potential.x0.copy()
+    x[potential.positions("z")] = [math.log(TRUTH[n] / FREE[n][0]) / FREE[n][1] for n in problem.free_names]
+    value, grad, hessian = (np.asarray(a) for a in potential.gauss_newton(jnp.asarray(x)))
+    exact_value, exact_grad = potential.value_and_grad(jnp.asarray(x))
+    assert float(value) == pytest.approx(float(exact_value), rel=1e-12)
+    np.testing.assert_allclose(grad, np.asarray(exact_grad), rtol=1e-10, atol=1e-10)
+    def exact_gradient(v):
+        return np.asarray(potential.value_and_grad(jnp.asarray(v))[1])
+
+    step = 1e-4
+    by_differences = np.stack([(exact_gradient(x + step * e) - exact_gradient(x - step * e)) / (2 * step)
+                               for e in np.eye(x.size)])
+    np.testing.assert_allclose(hessian, 0.5 * (by_differences + by_differences.T), rtol=1e-5,
+                               atol=1e-5 * np.abs(hessian).max())
+
+
+def test_newton_and_lbfgs_find_the_same_map(toy, table, schedule):
+    potential = _Potential(make_problem(toy, table, schedule, free=FREE,
+                                        options=dataclasses.replace(TEST_SOLVER, adjoint="forward")), seed=0)
+    x_lbfgs, res_lbfgs = find_map(potential)
+    x_newton, res_newton = find_map(potential, newton=True)
+    assert res_newton.success and res_lbfgs.success
+    assert float(res_newton.fun) <= float(res_lbfgs.fun) + 1e-8
+    np.testing.assert_allclose(x_newton, x_lbfgs, atol=2e-4)
 
 
 # ------------------------------------------------------------------ bad input

@@ -152,12 +152,13 @@ def test_bad_cohort_input(toy):
 
 
 @pytest.mark.slow
-def test_cohort_svi_runs_on_the_flat_potential(toy):
+def test_cohort_svi_runs_on_the_flat_potential(toy, cohort, laplace_fit):
     """SVI's guide lives on the flat unconstrained vector and reaches the solves through
-    the forward-mode chain-rule gradient: draws of every site, finite, solves succeeded."""
-    table, schedules, _ = virtual_patients(toy, 2, seed=3, times_h=RICH_TIMES_H[[1, 3, 5]])
+    the forward-mode chain-rule gradient: draws of every site, finite, solves succeeded.
+    (The Laplace fit's cohort: its compiled potential and draws serve SVI too.)"""
+    table, schedules, _ = cohort
     post = calibration.fit_cohort(toy, table, schedules, "svi", free=FREE, options=SOLVER, svi_steps=30,
                                   num_samples=50)
-    assert post.samples["theta"].shape == (1, 50, 2, 3)
+    assert post.samples["theta"].shape == (1, 50, 8, 3)
     assert np.all(np.isfinite(post.samples["population_median"])) and np.all(post.samples["solver_ok"])
     assert np.isfinite(post.info["elbo_loss_final"])
