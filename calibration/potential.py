@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+import numpyro
 from numpyro.infer import init_to_value
 from numpyro.infer.util import constrain_fn, initialize_model, potential_energy
 
@@ -99,8 +100,12 @@ class ChainRulePotential:
         self._compiled, self._data, self._predict_draws = compiled, data, predict_draws
 
     def value_and_grad(self, x):
-        """(U(x), dU/dx) for this potential's data (jitted)."""
-        return self._compiled.value_and_grad(x, self._data)
+        """(U(x), dU/dx) for this potential's data (jitted).  Called inside another NumPyro
+        model (SVI's flat model), the first call traces `model`: `numpyro.handlers.block`
+        keeps its sites from the enclosing handlers (which would otherwise record them,
+        leaking tracers)."""
+        with numpyro.handlers.block():
+            return self._compiled.value_and_grad(x, self._data)
 
     def constrained_draws(self, flat) -> dict:
         """(n, dim) unconstrained draws -> constrained and deterministic sites (leading n)."""
@@ -130,7 +135,8 @@ class ChainRulePotential:
         One patient's potential only: theta of shape (K,), predictions positive."""
         if self._compiled.gauss_newton is None:
             raise ValueError("gauss_newton needs a forward-mode potential of one patient")
-        return self._compiled.gauss_newton(x, self._data)
+        with numpyro.handlers.block():  # as in value_and_grad
+            return self._compiled.gauss_newton(x, self._data)
 
     def differentiable(self):
         """U(x) as a JAX function whose reverse-mode derivative is this potential's
