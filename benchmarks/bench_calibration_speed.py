@@ -21,18 +21,19 @@ set-up (table checks, ligand segments, NumPyro model tracing) and the first grad
 the MAP search (`fit`'s trust-region Newton steps on the Gauss-Newton Hessian, after
 its compilation; L-BFGS from the same start timed beside it for comparison), then per method: Laplace (central-difference Hessian + 1000 draws, each
 draw's solve recorded: timed twice, the first call compiles the lockstep solves), SVI
-(`svi_steps` and 2 x `svi_steps` Adam steps + 1000 draws) and NUTS (``--chains`` x
-(``--nuts-warmup`` + ``--nuts-samples``) sequential chains, then twice as many
-iterations), each after a first call of the shorter length that compiles what all runs
-share.  Each SVI and NUTS call still compiles its own loop, so the cost of a step or an
+(`fit`'s run: started from the Laplace approximation, Adam steps until the ELBO stops
+improving, at most ``--svi-steps``, + 1000 draws with their solves; timed twice, the first
+call compiles the SVI step; then once from the MAP with a small isotropic scale, for
+comparison) and NUTS (``--chains`` x (``--nuts-warmup`` + ``--nuts-samples``) sequential
+chains, then twice as many iterations, after a first call of the shorter length that
+compiles what all runs share).  Each NUTS call compiles its own loop, so the cost of an
 iteration is the difference of the two timed runs over the difference of their lengths
-(compilation cancels; for NUTS it covers later warm-up and sampling iterations).  SVI
-after compilation = MAP + 2000 steps x s/step + the 1000 draws' solves; NUTS at the
+(compilation cancels; it covers later warm-up and sampling iterations).  NUTS at the
 issue's size: 4 x (500 + 1000) iterations, two chains at a time on the two cores
 (``chain_method="parallel"``), so projected = 4 x 1500 x s/iteration / 2.
 
 Run:  .venv/bin/python benchmarks/bench_calibration_speed.py [--models reduced full]
-          [--nuts-warmup 30] [--nuts-samples 30] [--chains 1] [--svi-steps 200]
+          [--nuts-warmup 30] [--nuts-samples 30] [--chains 1] [--svi-steps 2000]
 Measured: see benchmarks/results/bench_calibration_speed_cpu.txt.
 """
 
@@ -51,6 +52,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -60,6 +62,7 @@ import calibration  # noqa: E402
 import pbpk  # noqa: E402
 
 fit_module = importlib.import_module("calibration.fit")  # `calibration.fit` is the function
+svi_module = importlib.import_module("calibration.svi")
 REDUCTION = Path(__file__).resolve().parent / "results" / "mbam_psma"
 GA, LU = "Ga-68-PSMA-11", "Lu-177-PSMA-617"
 SCHEDULE = pbpk.Schedule([pbpk.Administration(0.0, 150.0, 1.6, GA), pbpk.Administration(168.0, 7400.0, 90.0, LU)])
@@ -68,7 +71,6 @@ REGIONS = ("kidneys", "salivary_glands", "liver", "spleen", "lesion_1", "lesion_
 SIGMA_LOG = {"PT": 0.05, "NM": 0.10}
 OFFSET_LOG = 0.3
 ISSUE_CHAINS, ISSUE_WARMUP, ISSUE_SAMPLES, CORES = 4, 500, 1000, 2
-ISSUE_SVI_STEPS = 2000  # `calibration.fit`'s default
 TYPICAL_LEAPFROG_STEPS = 7  # tree depth 3: a short trajectory for a well-conditioned posterior
 
 
@@ -139,15 +141,24 @@ def run(name: str, model: pbpk.Model, free: list[str], args) -> list[dict]:
     row("Laplace: 1000 draws", t_draws, "each draw's solve (lockstep)")
     row("Laplace total after compilation", t_map + t_hess + t_draws, "target <= 10 s on the reduced model")
 
-    n = args.svi_steps
-    (_, t_svi_first), ((_, loss), t_svi), ((_, loss2), t_svi2) = (
-        timed(lambda: fit_module.run_svi(potential, x_map, key, m, 0.01, 1000)) for m in (n, n, 2 * n))
-    per_step = (t_svi2 - t_svi) / n
-    row(f"SVI: {n} steps + 1000 draws, first call", t_svi_first, "compiles what every SVI run shares")
-    row(f"SVI: {n} steps + 1000 draws", t_svi, f"final ELBO loss {loss:.1f}")
-    row(f"SVI: {2 * n} steps + 1000 draws", t_svi2, f"final ELBO loss {loss2:.1f}; {per_step:.3f} s per step")
-    row(f"SVI total after compilation, {ISSUE_SVI_STEPS} steps", t_map + ISSUE_SVI_STEPS * per_step + t_draws,
-        "MAP + steps x s/step + draws; target <= 10 s on the reduced model")
+    def svi_fit(seed, scale_tril):
+        result = svi_module.run_svi(potential, x_map, jax.random.PRNGKey(seed), args.svi_steps, 0.01, 1000,
+                                    scale_tril=scale_tril)
+        return result, potential.constrained_draws(jnp.asarray(result.draws))
+
+    scale_tril, t_start = timed(lambda: fit_module.laplace_scale_tril(potential, x_map))
+    _, t_svi_first = timed(lambda: svi_fit(0, scale_tril))
+    (result, _), t_svi = timed(lambda: svi_fit(1, scale_tril))
+    steps = result.losses.size
+    row("SVI: first call", t_svi_first, "compiles the SVI step (once per model and protocol)")
+    row("SVI: Laplace start, chol(H_GN^-1)", t_start, "one Gauss-Newton evaluation at the MAP")
+    row("SVI: steps to convergence + 1000 draws", t_svi,
+        f"{steps} steps, converged: {result.converged}, ELBO loss {np.mean(result.losses[-svi_module.WINDOW:]):.2f}")
+    row("SVI total after compilation", t_map + t_start + t_svi, "MAP + start + SVI; target <= 10 s on the reduced model")
+    (old, _), t_old = timed(lambda: svi_fit(1, None))
+    row(f"SVI from the MAP, scale {svi_module.INIT_SCALE} (comparison)", t_old,
+        f"{old.losses.size} steps, converged: {old.converged}, "
+        f"ELBO loss {np.mean(old.losses[-svi_module.WINDOW:]):.2f}")
 
     def nuts(scale):
         return timed(lambda: fit_module.run_nuts(
@@ -155,7 +166,7 @@ def run(name: str, model: pbpk.Model, free: list[str], args) -> list[dict]:
             num_samples=scale * args.nuts_samples, num_chains=args.chains, chain_method="sequential"))
 
     iterations = args.chains * (args.nuts_warmup + args.nuts_samples)
-    (_, t_nuts_first), ((_, stats), t_nuts), ((_, stats2), t_nuts2) = nuts(1), nuts(1), nuts(2)
+    (_, t_nuts_first), (_, t_nuts), ((_, stats2), t_nuts2) = nuts(1), nuts(1), nuts(2)
     steps = float(np.mean(stats2["num_steps"])) if "num_steps" in stats2 else float("nan")
     per_iteration = (t_nuts2 - t_nuts) / iterations
     row(f"NUTS: {args.chains} x ({args.nuts_warmup} + {args.nuts_samples}), first call", t_nuts_first,
@@ -178,7 +189,7 @@ def main(argv=None) -> int:
     ap.add_argument("--nuts-warmup", type=int, default=30)
     ap.add_argument("--nuts-samples", type=int, default=30)
     ap.add_argument("--chains", type=int, default=1)
-    ap.add_argument("--svi-steps", type=int, default=200, help="steps of the first SVI run (the second: twice)")
+    ap.add_argument("--svi-steps", type=int, default=2000, help="most SVI steps (`fit`'s default)")
     ap.add_argument("--csv", type=Path, default=None, help="also write the rows to this CSV file")
     args = ap.parse_args(argv)
     free = json.loads((REDUCTION / "free.json").read_text())

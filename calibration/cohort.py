@@ -63,7 +63,7 @@ from pbpk.batch import BatchArrays, batch_arrays, schedule_structure, solve_batc
 
 from .errors import CalibrationError, TableError
 from .fit import METHODS, draw_posterior, find_map, hessian_columns, make_problem
-from .likelihood import ACTIVITY_FLOOR_MBQ, CALIBRATION_SOLVER, Problem, error_scale_site, observe
+from .likelihood import ACTIVITY_FLOOR_MBQ, CALIBRATION_SOLVER, ERROR_GROUPS, Problem, error_scale_site, observe
 from .posterior import Posterior, SampleDiagnostics, error_scale_samples
 from .potential import ChainRulePotential
 from .priors import FreeParameter, error_scale_medians, resolve_free_parameters
@@ -372,6 +372,16 @@ class CohortPosterior(SampleDiagnostics):
                                    f"population posterior of a {self.method} cohort fit of {n} patients "
                                    "(calibration.fit_cohort)")
                      for k, name in enumerate(self.free_names))
+
+    def population_error_scales(self) -> dict[str, float]:
+        """Posterior medians of the cohort's proportional error scales by group
+        (`ERROR_GROUPS` name): the quantification precision this cohort's data show, as a
+        new patient's error-scale prior medians, ``calibration.fit(...,
+        error_scales=cohort_posterior.population_error_scales())``, in place of the
+        published defaults (groups the cohort did not observe keep those)."""
+        groups = self.problem.used_error_groups
+        flat = self.samples["error_scale"].reshape(-1, len(groups))
+        return {ERROR_GROUPS[g]: float(np.median(flat[:, k])) for k, g in enumerate(groups)}
 
     def patient(self, name: str) -> Posterior:
         """Patient `name`'s parameters given the whole cohort, as a single-patient

@@ -4,6 +4,8 @@ Each names the table column, patient/region or fit at fault and what was expecte
 derive from `CalibrationError`, itself a `ValueError`, so callers can catch one class.
 """
 
+import math
+
 
 class CalibrationError(ValueError):
     """Base class for invalid calibration input or a failed calibration computation."""
@@ -58,3 +60,15 @@ class UnknownPopulationValueError(CalibrationError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+def positive_number(value, field: str, expected: str = "a positive number") -> float:
+    """`value` as a float when it is a finite number > 0; else a CalibrationError naming
+    `field` and what was `expected`."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise CalibrationError(f"{field} = {value!r}; expected {expected}") from None
+    if not (math.isfinite(number) and number > 0):
+        raise CalibrationError(f"{field} = {value!r}; expected {expected}")
+    return number

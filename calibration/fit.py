@@ -11,7 +11,8 @@ reduced PSMA model; `find_map`):
   by central differences of the JAX gradient (step 1e-4 in unconstrained units;
   differentiating the adaptive solver twice is avoided on purpose);
 * ``svi``: `numpyro.infer.autoguide.AutoMultivariateNormal` over the flat unconstrained
-  vector, initialised at the MAP, Adam, non-finite updates skipped (``stable_update``);
+  vector, started from the Laplace approximation (MAP, Gauss-Newton Hessian), Adam steps
+  until the ELBO stops improving (at most ``svi_steps``; `calibration.svi`);
 * ``nuts`` (default): NumPyro NUTS on the same flat potential and gradient, dense mass
   matrix (warm-up starts from the Laplace covariance), target acceptance 0.9, chains
   started at the MAP with a small jitter.
@@ -36,20 +37,17 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import scipy.optimize
-import numpyro
-import numpyro.distributions as dist
-from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO, init_to_value
-from numpyro.infer.autoguide import AutoMultivariateNormal
-from numpyro.optim import Adam
+from numpyro.infer import MCMC, NUTS
 
 import pbpk
 
-from .errors import CalibrationError
+from .errors import CalibrationError, positive_number
 from .likelihood import (CALIBRATION_SOLVER, ERROR_GROUPS, Problem, ligand_segments, numpyro_model,
                          predicted_activity, predicted_activity_draws)
 from .observations import observations_from_table
 from .posterior import Posterior
-from .potential import ChainRulePotential
+from .potential import FAILED_SOLVE_VALUE, ChainRulePotential
+from .svi import WINDOW, run_svi
 from .priors import ERROR_SCALE_MEDIANS, FreeParameter, error_scale_medians, resolve_free_parameters
 
 METHODS = ("nuts", "svi", "laplace")
@@ -92,13 +90,7 @@ def error_scale_prior(error_scales: Mapping[str, float] | None) -> tuple[float, 
     for group, value in (error_scales or {}).items():
         if group not in medians:
             raise CalibrationError(f"error_scales: unknown group {group!r}; expected one of {ERROR_GROUPS}")
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise CalibrationError(f"error_scales[{group!r}] = {value!r}; expected a positive number") from None
-        if not (np.isfinite(value) and value > 0):
-            raise CalibrationError(f"error_scales[{group!r}] = {value!r}; expected a positive number")
-        medians[group] = value
+        medians[group] = positive_number(value, f"error_scales[{group!r}]")
     return tuple(medians[g] for g in ERROR_GROUPS)
 
 
@@ -174,7 +166,7 @@ def find_map(potential: ChainRulePotential, max_iter: int = 500, *, start: np.nd
                                       options=dict(maxiter=max_iter, gtol=1e-6))
         x = start.copy()
         x[free] = res.x
-    if not np.all(np.isfinite(x)) or res.fun >= 1e9:
+    if not np.all(np.isfinite(x)) or res.fun >= FAILED_SOLVE_VALUE / 10:
         raise CalibrationError("MAP search failed: every solve from the prior centre failed; check the "
                                "schedule, the table's units (MBq) and the free parameters' priors")
     return x, res
@@ -184,17 +176,14 @@ def _trust_region_newton(potential: ChainRulePotential, start: np.ndarray,
                          max_iter: int) -> scipy.optimize.OptimizeResult:
     """scipy ``trust-exact`` on (U, dU/dx, H_GN), each point evaluated once (scipy asks for
     the Hessian separately).  A failed solve gives a large finite value (the step is
-    rejected and the trust radius shrinks), like `ChainRulePotential.scipy_objective`."""
+    rejected and the trust radius shrinks: `ChainRulePotential.scipy_gauss_newton`)."""
     cache = {}
 
     def evaluate(x):
         key = x.tobytes()
         if key not in cache:
-            value, grad, hess = (np.asarray(a, dtype=float) for a in potential.gauss_newton(jnp.asarray(x)))
-            if not (np.isfinite(value) and np.all(np.isfinite(grad)) and np.all(np.isfinite(hess))):
-                value, grad, hess = np.float64(1e10), np.zeros_like(grad), np.eye(grad.size)
             cache.clear()
-            cache[key] = (float(value), grad, 0.5 * (hess + hess.T))
+            cache[key] = potential.scipy_gauss_newton(x)
         return cache[key]
 
     res = scipy.optimize.minimize(lambda x: evaluate(x)[:2], start, jac=True, hess=lambda x: evaluate(x)[2],
@@ -282,8 +271,12 @@ def draw_posterior(potential: ChainRulePotential, x_map: np.ndarray, method: str
     number of chains, NUTS sample statistics or None)."""
     key = jax.random.PRNGKey(seed)
     if method == "svi":
-        samples, info["elbo_loss_final"] = run_svi(potential, x_map, key, svi_steps, svi_learning_rate, num_samples)
-        return samples, 1, None
+        scale_tril = laplace_scale_tril(potential, x_map)
+        result = run_svi(potential, x_map, key, svi_steps, svi_learning_rate, num_samples, scale_tril=scale_tril)
+        info.update(svi_laplace_start=scale_tril is not None, svi_steps_run=int(result.losses.size),
+                    svi_converged=result.converged, svi_last_window_improvement=result.improvement,
+                    elbo_loss_final=float(np.nanmean(result.losses[-WINDOW:])))
+        return potential.constrained_draws(jnp.asarray(result.draws)), 1, None
     cov, positive = laplace_covariance(potential, x_map, fixed=laplace_fixed if method == "laplace" else None)
     info["hessian_positive_definite"] = positive
     if method == "laplace":
@@ -300,28 +293,16 @@ def laplace_draws(potential: ChainRulePotential, x_map: np.ndarray, cov: np.ndar
     return potential.constrained_draws(jnp.asarray(draws))
 
 
-def run_svi(potential: ChainRulePotential, x_map: np.ndarray, key, steps: int, learning_rate: float,
-            num_samples: int) -> tuple[dict, float]:
-    """SVI on the flat potential: q(x) = N(m, L L^T) over NumPyro's unconstrained vector x
-    (`AutoMultivariateNormal`, started at the MAP), Adam, non-finite updates skipped.  The
-    model is the potential itself (``factor(-U(x))``, x with an improper flat prior), so
-    the ELBO's reparameterised gradient reaches the solve through the potential's
-    chain-rule gradient (`ChainRulePotential.differentiable`): forward mode through the
-    solver when the potential was built so.  Returns `num_samples` constrained draws and
-    the mean ELBO loss of the last 100 steps."""
-    potential_fn = potential.differentiable()
-    dim = x_map.size
-
-    def flat_model():
-        x = numpyro.sample("x", dist.ImproperUniform(dist.constraints.real_vector, (), (dim,)))
-        numpyro.factor("log_density", -potential_fn(x))
-
-    guide = AutoMultivariateNormal(flat_model, init_loc_fn=init_to_value(values={"x": jnp.asarray(x_map)}),
-                                   init_scale=0.05)
-    svi = SVI(flat_model, guide, Adam(learning_rate), Trace_ELBO())
-    result = svi.run(key, steps, progress_bar=False, stable_update=True)
-    draws = guide.sample_posterior(jax.random.fold_in(key, 1), result.params, sample_shape=(num_samples,))["x"]
-    return potential.constrained_draws(draws), float(np.mean(np.asarray(result.losses)[-100:]))
+def laplace_scale_tril(potential: ChainRulePotential, x_map: np.ndarray) -> np.ndarray | None:
+    """chol(H_GN^-1) at the MAP (the Laplace approximation's scale, SVI's start), or None
+    when the potential has no Gauss-Newton Hessian or it is not positive definite there."""
+    if not potential.has_gauss_newton:
+        return None
+    hess = np.asarray(potential.gauss_newton(jnp.asarray(x_map))[2], dtype=float)
+    hess = 0.5 * (hess + hess.T)
+    if not (np.all(np.isfinite(hess)) and np.linalg.eigvalsh(hess)[0] > 0):
+        return None
+    return np.linalg.cholesky(np.linalg.inv(hess))
 
 
 def run_nuts(potential: ChainRulePotential, x_map: np.ndarray, inverse_mass, key, seed: int, *, num_warmup: int,

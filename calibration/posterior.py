@@ -22,6 +22,7 @@ import pbpk
 from pbpk.restrict import restrict_ligands
 
 from .likelihood import ERROR_GROUPS, Problem, predicted_activity
+from .svi import WINDOW
 
 #: Convergence thresholds: rank-normalised split R-hat < 1.01 (Vehtari et al. 2021,
 #: Bayesian Anal 16:667), bulk ESS >= 400 in total, no divergent transitions.
@@ -136,6 +137,12 @@ class SampleDiagnostics:
             if d["divergences"]:
                 msgs.append(f"{d['divergences']} divergent transitions (raise target_accept_prob, reparameterise "
                             f"or fix fewer parameters)")
+        if self.method == "svi" and not self.info.get("svi_converged", True):
+            steps, gain = self.info["svi_steps_run"], self.info["svi_last_window_improvement"]
+            msgs.append(f"SVI not converged: {steps} steps, too few to check (at least {3 * WINDOW}); raise svi_steps"
+                        if not np.isfinite(gain) else
+                        f"SVI not converged: the ELBO still improved by {gain:.2f} nats over the last {WINDOW} of "
+                        f"{steps} steps (raise svi_steps or svi_learning_rate)")
         if self.method == "laplace" and not self.info.get("hessian_positive_definite", True):
             msgs.append("the Hessian at the MAP is not positive definite (a parameter is not identified); the "
                         "Laplace covariance was regularised")

@@ -98,6 +98,13 @@ class ChainRulePotential:
             _COMPILED.move_to_end(cache_key)
         self.x0, self.unravel = compiled.x0.copy(), compiled.unravel
         self._compiled, self._data, self._predict_draws = compiled, data, predict_draws
+        self.cache_key = cache_key
+
+    @property
+    def data(self):
+        """The data given to the compiled functions (the argument `differentiable_in_data`'s
+        function takes)."""
+        return self._data
 
     def value_and_grad(self, x):
         """(U(x), dU/dx) for this potential's data (jitted).  Called inside another NumPyro
@@ -140,25 +147,64 @@ class ChainRulePotential:
 
     def differentiable(self):
         """U(x) as a JAX function whose reverse-mode derivative is this potential's
-        gradient (for NUTS given a ``potential_fn``)."""
-        value_and_grad = self.value_and_grad
+        gradient (for NUTS given a ``potential_fn``); the data are constants of it."""
+        in_data, data = self.differentiable_in_data(), self._data
+        return lambda x: in_data(x, data)
+
+    def differentiable_in_data(self):
+        """(x, data) -> U(x) for those data, as a JAX function whose reverse-mode derivative
+        in x is the potential's gradient (no derivative in the data).  Depends on the
+        compiled functions only, so a program built on it (e.g. an SVI step) serves every
+        potential of the same ``cache_key`` with that potential's `data` as an argument."""
+        compiled_value_and_grad = self._compiled.value_and_grad
+
+        def host_value_and_grad(x, data):
+            # the program compiled for direct calls: numpy arguments (the callback's are
+            # committed to a device) and no default device (JAX sets one for callbacks);
+            # either would be a new jit cache key and a second compilation
+            x, data = np.asarray(x), jax.tree_util.tree_map(np.asarray, data)
+            with numpyro.handlers.block(), jax.default_device(None):  # block: as in `value_and_grad`
+                value, grad = compiled_value_and_grad(x, data)
+            return np.asarray(value, dtype=np.float64), np.asarray(grad, dtype=np.float64)
+
+        def value_and_grad(x, data):
+            # a host call of the already compiled program: a jitted caller (an SVI step, a
+            # NUTS kernel) does not inline and recompile the solve; batched callers
+            # (vectorised chains) call it once per element
+            shapes = (jax.ShapeDtypeStruct((), jnp.float64), jax.ShapeDtypeStruct(jnp.shape(x), jnp.float64))
+            return jax.pure_callback(host_value_and_grad, shapes, x, data, vmap_method="sequential")
 
         @jax.custom_vjp
-        def potential(x):
-            return value_and_grad(x)[0]
+        def potential(x, data):
+            return value_and_grad(x, data)[0]
 
-        # residual of the forward pass: the gradient itself
-        potential.defvjp(value_and_grad, lambda grad, cotangent: (cotangent * grad,))
+        # residual of the forward pass: the gradient itself; None: no cotangent for the data
+        potential.defvjp(value_and_grad, lambda grad, cotangent: (cotangent * grad, None))
         return potential
 
     def scipy_objective(self, x):
         """(value, gradient) as floats for scipy; a non-finite value or gradient becomes a
         large finite value with zero gradient (the optimiser backs off)."""
-        v, g = self.value_and_grad(jnp.asarray(x))
-        v, g = float(v), np.asarray(g, dtype=float)
-        if not (np.isfinite(v) and np.all(np.isfinite(g))):
-            return 1e10, np.zeros_like(g)
-        return v, g
+        return _for_scipy(*self.value_and_grad(jnp.asarray(x)))
+
+    def scipy_gauss_newton(self, x):
+        """(value, gradient, symmetric H_GN) as floats for scipy, a failed solve as in
+        `scipy_objective` (and an identity Hessian)."""
+        return _for_scipy(*self.gauss_newton(jnp.asarray(x)))
+
+
+#: `scipy_objective`'s value for a failed solve
+FAILED_SOLVE_VALUE = 1e10
+
+
+def _for_scipy(value, grad, hessian=None):
+    """numpy float64 (value, grad[, symmetrised hessian]); anything non-finite ->
+    (`FAILED_SOLVE_VALUE`, zeros[, identity])."""
+    v, g = float(value), np.asarray(grad, dtype=float)
+    h = None if hessian is None else np.asarray(hessian, dtype=float)
+    if not (np.isfinite(v) and np.all(np.isfinite(g)) and (h is None or np.all(np.isfinite(h)))):
+        v, g, h = FAILED_SOLVE_VALUE, np.zeros_like(g), None if h is None else np.eye(g.size)
+    return (v, g) if h is None else (v, g, 0.5 * (h + h.T))
 
 
 def _model_kwargs(data, **extra) -> dict:

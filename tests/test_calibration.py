@@ -17,6 +17,7 @@ import pytest
 import calibration
 import pbpk
 from calibration.fit import _Potential, find_map, make_problem
+from calibration.svi import WINDOW, elbo_converged
 from toy_models import TRACER, receptor_toy_model
 
 TIMES_H = np.array([1.0, 4.0, 24.0, 48.0, 96.0, 168.0])
@@ -120,6 +121,33 @@ def test_predicted_tia_covers_truth_and_answers_unobserved_schedules(fits, toy, 
 
 
 @pytest.mark.slow
+def test_svi_starts_from_laplace_and_stops_when_the_elbo_settles(fits, toy, table, schedule):
+    info = fits["svi"].info
+    assert info["svi_laplace_start"] and info["svi_converged"]
+    assert 3 * WINDOW <= info["svi_steps_run"] < 600 and info["svi_steps_run"] % WINDOW == 0
+    # too few steps to check convergence: the fit says so
+    with pytest.warns(calibration.CalibrationWarning, match="SVI not converged"):
+        short = calibration.fit(toy, table, schedule, "svi", free=FREE, seed=0, options=TEST_SOLVER, svi_steps=30,
+                                num_samples=50)
+    assert short.info["svi_steps_run"] == 30 and not short.info["svi_converged"]
+
+
+def test_svi_stopping_rule_tells_a_plateau_from_a_noisy_descent():
+    rng = np.random.default_rng(0)
+    steps = np.arange(3 * WINDOW)
+    plateau = 5.0 + 3.0 * rng.standard_normal(steps.size)
+    assert elbo_converged(plateau)[0]
+    assert not elbo_converged(plateau[:-1])[0]  # fewer than three windows: not checked
+    # 2 nats per window under noise of sd 3 per step: single windows' difference (SE ~0.95)
+    # can miss it, the two-window comparison does not
+    descent = plateau - 2.0 * steps / WINDOW
+    assert not elbo_converged(descent)[0]
+    # below the tolerance on a quiet plateau: converged
+    assert elbo_converged(5.0 - 0.02 * steps / WINDOW + 1e-3 * rng.standard_normal(steps.size))[0]
+    assert not elbo_converged(5.0 - 0.5 * steps / WINDOW + 1e-3 * rng.standard_normal(steps.size))[0]
+
+
+@pytest.mark.slow
 def test_failed_solves_give_a_finite_penalty(toy, table, schedule):
     """With a step budget too small for any solve, the log density stays finite (the
     failed-solve penalty) and its gradient finite: no NaN reaches a sampler."""
@@ -152,9 +180,16 @@ def test_chain_rule_gradient_equals_the_full_forward_mode_gradient(toy, table, s
     value, grad = potential.value_and_grad(x)
     assert float(value) == pytest.approx(float(info.potential_fn(potential.unravel(x))), rel=1e-12)
     np.testing.assert_allclose(np.asarray(grad), np.asarray(full), rtol=1e-8, atol=1e-8)
-    # and the custom-VJP wrapper NUTS differentiates gives the same gradient
-    np.testing.assert_allclose(np.asarray(jax.grad(potential.differentiable())(x)), np.asarray(full),
-                               rtol=1e-8, atol=1e-8)
+    # and the custom-VJP wrapper NUTS and SVI differentiate (a host call of the compiled
+    # program) gives the same gradient, eagerly, jitted and vmapped (vectorised chains)
+    u = potential.differentiable()
+    np.testing.assert_allclose(np.asarray(jax.grad(u)(x)), np.asarray(full), rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(np.asarray(jax.jit(jax.grad(u))(x)), np.asarray(full), rtol=1e-8, atol=1e-8)
+    batched = jax.jit(jax.vmap(jax.value_and_grad(u)))(jnp.stack([x, x + 0.1]))
+    for k, v in enumerate((x, x + 0.1)):
+        direct = potential.value_and_grad(v)
+        assert float(batched[0][k]) == pytest.approx(float(direct[0]), rel=1e-12)
+        np.testing.assert_allclose(np.asarray(batched[1][k]), np.asarray(direct[1]), rtol=1e-12, atol=1e-12)
 
 
 def test_gauss_newton_hessian_is_the_hessian_where_predictions_meet_the_data(toy, schedule, truth_trajectory):

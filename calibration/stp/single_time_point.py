@@ -53,7 +53,8 @@ from scipy.stats import norm
 
 from dose import nuclides as _nuclides
 
-from ..errors import CalibrationError, InvalidActivityError, InvalidTimeError, UnknownPopulationValueError
+from ..errors import (CalibrationError, InvalidActivityError, InvalidTimeError, UnknownPopulationValueError,
+                      positive_number)
 from .series import Series, as_series, nearest_point, nuclide_of_tracer
 
 LN2 = math.log(2.0)
@@ -246,12 +247,7 @@ def madsen(
             flags.append("t_eff_unchecked")
             warnings.warn(f"madsen: population T_eff {pop.t_eff_h} h for {region!r} is {pop.source}",
                           UserWarning, stacklevel=2)
-    try:
-        t_eff_h = float(t_eff_h)
-    except (TypeError, ValueError):
-        raise CalibrationError(f"t_eff_h: expected a number of hours, got {t_eff_h!r}") from None
-    if not (math.isfinite(t_eff_h) and t_eff_h > 0):
-        raise CalibrationError(f"t_eff_h: expected a finite effective half-life > 0 h, got {t_eff_h!r}")
+    t_eff_h = positive_number(t_eff_h, "t_eff_h", "a finite effective half-life > 0 h")
     nuclide = s.nuclide if s is not None else (
         select.get("nuclide") or (nuclide_of_tracer(select["tracer"]) if select.get("tracer") else None))
     if nuclide is not None and t_eff_h > _nuclides.half_life_h(nuclide) * (1 + 1e-12):
@@ -318,8 +314,7 @@ def stp_error_lognormal(
     Returns one row per scan time: time_h, mean_error, mean_abs_error, q05, q50, q95 (of
     estimate/truth - 1).
     """
-    if not (math.isfinite(t_eff_median_h) and t_eff_median_h > 0):
-        raise CalibrationError(f"t_eff_median_h: expected a finite value > 0 h, got {t_eff_median_h!r}")
+    t_eff_median_h = positive_number(t_eff_median_h, "t_eff_median_h", "a finite value > 0 h")
     if not (math.isfinite(t_eff_gsd) and t_eff_gsd >= 1.0):
         raise CalibrationError(f"t_eff_gsd: expected a geometric standard deviation >= 1, got {t_eff_gsd!r}")
     times = np.atleast_1d(np.asarray(time_h, dtype=float))
