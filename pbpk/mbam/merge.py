@@ -32,6 +32,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+import scipy.sparse
+import scipy.sparse.csgraph
 import sympy as sp
 
 from ..model import Compartment, Model, Reaction, Species
@@ -68,24 +71,20 @@ def _is_value(expr: sp.Expr, value: int) -> bool:
 
 
 def _components(edges: list[set[str]], order: dict[str, int]) -> list[list[str]]:
-    """Connected components of the species linked by the fast reactions, each in model
-    order (`order`: species name -> index)."""
-    parent: dict[str, str] = {}
-
-    def find(a):
-        while parent.setdefault(a, a) != a:
-            a = parent[a]
-        return a
-
-    for group in edges:
-        first, *rest = sorted(group)
-        for s in rest:
-            parent[find(s)] = find(first)
-        find(first)
-    comps: dict[str, list[str]] = {}
-    for s in parent:
-        comps.setdefault(find(s), []).append(s)
-    return sorted((sorted(c, key=order.get) for c in comps.values()), key=lambda c: order[c[0]])
+    """Connected components of the species linked by the fast reactions (each set in
+    `edges`: the species of one fast reaction), each in model order (`order`: species
+    name -> index), ordered by their first species."""
+    involved = sorted({s for group in edges for s in group}, key=order.get)
+    index = {s: i for i, s in enumerate(involved)}
+    pairs = np.array([(index[a], index[b]) for group in edges for a in group for b in group if a != b],
+                     dtype=int).reshape(-1, 2)
+    graph = scipy.sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
+                                    shape=(len(involved), len(involved)))
+    _, labels = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    components: dict[int, list[str]] = {}
+    for s in involved:  # model order, so each component is too
+        components.setdefault(int(labels[index[s]]), []).append(s)
+    return sorted(components.values(), key=lambda c: order[c[0]])
 
 
 def _merged_name(names: list[str], taken: set[str]) -> str:
