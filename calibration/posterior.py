@@ -141,8 +141,8 @@ class SampleDiagnostics:
             steps, gain = self.info["svi_steps_run"], self.info["svi_last_window_improvement"]
             msgs.append(f"SVI not converged: {steps} steps, too few to check (at least {3 * WINDOW}); raise svi_steps"
                         if not np.isfinite(gain) else
-                        f"SVI not converged: the ELBO still improved by {gain:.2f} nats over the last {WINDOW} of "
-                        f"{steps} steps (raise svi_steps or svi_learning_rate)")
+                        f"SVI not converged: the ELBO still improved by {gain:.2f} nats per {WINDOW} steps over "
+                        f"the last half of {steps} steps (raise svi_steps or svi_learning_rate)")
         if self.method == "laplace" and not self.info.get("hessian_positive_definite", True):
             msgs.append("the Hessian at the MAP is not positive definite (a parameter is not identified); the "
                         "Laplace covariance was regularised")
