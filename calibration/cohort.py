@@ -66,7 +66,7 @@ from .fit import METHODS, draw_posterior, find_map, hessian_columns, make_proble
 from .likelihood import ACTIVITY_FLOOR_MBQ, CALIBRATION_SOLVER, ERROR_GROUPS, Problem, error_scale_site, observe
 from .posterior import Posterior, SampleDiagnostics, error_scale_samples
 from .potential import ChainRulePotential
-from .priors import FreeParameter, error_scale_medians, resolve_free_parameters
+from .priors import ERROR_SCALE_MEDIANS, FreeParameter, error_scale_medians, resolve_free_parameters
 
 #: Start of the MAP search for each between-patient sd, as a fraction of its prior scale.
 _OMEGA_START = 0.5
@@ -105,6 +105,9 @@ class CohortProblem:
     error_group: np.ndarray
     valid: np.ndarray
     censored: np.ndarray
+    fixed_names: tuple[str, ...] = ()
+    fixed_values: np.ndarray | None = None  # (patients, len(fixed_names)), model units
+    error_scale_prior: tuple[float, ...] = ERROR_SCALE_MEDIANS
 
     @property
     def free_names(self) -> tuple[str, ...]:
@@ -128,9 +131,13 @@ class CohortProblem:
 
 
 def make_cohort_problem(model: pbpk.Model, table: pd.DataFrame, schedules, *, free=None,
-                        options: pbpk.SolverOptions = CALIBRATION_SOLVER) -> CohortProblem:
+                        options: pbpk.SolverOptions = CALIBRATION_SOLVER,
+                        fixed: Mapping[str, Mapping[str, float]] | None = None,
+                        error_scales: Mapping[str, float] | None = None) -> CohortProblem:
     """Validate a multi-patient table and its schedules (one per patient, or one for all)
-    and group the patients for the solves."""
+    and group the patients for the solves.  fixed: patient -> its known parameters (the
+    same names for every patient, e.g. measured covariates: `fit`'s ``fixed``);
+    error_scales: error-scale prior medians by group (`fit`'s ``error_scales``)."""
     if not isinstance(table, pd.DataFrame) or "patient" not in table.columns:
         raise TableError("cohort time-activity table: expected a DataFrame with a 'patient' column")
     names = [str(p) for p in pd.unique(table["patient"].astype(str))]
@@ -147,7 +154,10 @@ def make_cohort_problem(model: pbpk.Model, table: pd.DataFrame, schedules, *, fr
     else:
         by_patient = dict.fromkeys(names, schedules)
     free = resolve_free_parameters(model, free)
-    problems = tuple(make_problem(model, table, by_patient[n], free=free, patient=n, options=options) for n in names)
+    fixed_of = _fixed_by_patient(fixed, names)
+    problems = tuple(make_problem(model, table, by_patient[n], free=free, patient=n, options=options,
+                                  fixed=fixed_of[n], error_scales=error_scales) for n in names)
+    fixed_names = tuple(name for name, _ in problems[0].fixed)
     used = tuple(sorted({g for p in problems for g in p.used_error_groups}))
     n_max = max(p.observations.n for p in problems)
 
@@ -165,7 +175,32 @@ def make_cohort_problem(model: pbpk.Model, table: pd.DataFrame, schedules, *, fr
         used_error_groups=used, log_y=padded([np.log(o.activity_mbq) for o in obs], 0.0),
         relative_uncertainty=padded([o.relative_uncertainty for o in obs], 0.0),
         error_group=padded([np.searchsorted(used, p.error_groups) for p in problems], 0),
-        valid=valid, censored=censored)
+        valid=valid, censored=censored, fixed_names=fixed_names,
+        fixed_values=np.array([[v for _, v in p.fixed] for p in problems], dtype=float).reshape(len(problems), -1),
+        error_scale_prior=problems[0].error_scale_prior)
+
+
+def _fixed_by_patient(fixed, names: list[str]) -> dict[str, Mapping[str, float] | None]:
+    """`fixed` checked to give every patient of the table, and only those, the same
+    parameter names (values are checked per patient by `make_problem`)."""
+    if fixed is None:
+        return dict.fromkeys(names)
+    if not isinstance(fixed, Mapping):
+        raise CalibrationError(f"fixed: expected a mapping patient -> {{parameter: value}}, got {type(fixed).__name__}")
+    by_patient = {str(k): v for k, v in fixed.items()}
+    missing, extra = sorted(set(names) - set(by_patient)), sorted(set(by_patient) - set(names))
+    if missing or extra:
+        raise CalibrationError(f"fixed: patients without values {missing}, values for patients not in the table "
+                               f"{extra}; expected one mapping per patient of the table")
+    for n in names:
+        if not isinstance(by_patient[n], Mapping):
+            raise CalibrationError(f"fixed[{n!r}]: expected a mapping parameter name -> value")
+    first = set(by_patient[names[0]])
+    for n in names[1:]:
+        if set(by_patient[n]) != first:
+            raise CalibrationError(f"fixed[{n!r}]: names {sorted(by_patient[n])} differ from patient {names[0]!r}'s "
+                                   f"{sorted(first)}; expected the same known parameters for every patient")
+    return by_patient
 
 
 def _group_patients(model: pbpk.Model, problems: tuple[Problem, ...], n_max: int) -> tuple[PatientGroup, ...]:
@@ -197,7 +232,8 @@ def cohort_predictions(cohort: CohortProblem, theta):
     values = jnp.ones(cohort.valid.shape, dtype=theta.dtype)
     ok = jnp.zeros(len(cohort.patients), dtype=bool)
     for g in cohort.groups:
-        params = {name: theta[g.patients, k] for k, name in enumerate(cohort.free_names)}
+        params = {name: cohort.fixed_values[g.patients, j] for j, name in enumerate(cohort.fixed_names)}
+        params.update({name: theta[g.patients, k] for k, name in enumerate(cohort.free_names)})
         batch = jax.vmap(lambda p, a: solve_batch(cohort.model, g.structure, a, p, tia=False,
                                                   options=cohort.options))(params, g.arrays)
         nuclide_index = np.vectorize(lambda n: batch.nuclides.index(n) if n else 0, otypes=[int])(g.nuclide_name)
@@ -222,7 +258,7 @@ def cohort_model(cohort: CohortProblem, predicted=None):
     eta = numpyro.sample("eta", dist.Normal(0.0, 1.0).expand([len(cohort.patients), n_free]).to_event(2))
     numpyro.deterministic("population_median", jnp.exp(cohort.prior_log_median + cohort.prior_sigma * mu))
     theta = numpyro.deterministic("theta", cohort.theta(mu, omega, eta))
-    scale = error_scale_site(cohort.used_error_groups)
+    scale = error_scale_site(cohort.used_error_groups, cohort.error_scale_prior)
     pred, ok = cohort_predictions(cohort, theta) if predicted is None else predicted
     observe(cohort.log_y, cohort.relative_uncertainty, cohort.error_group, cohort.valid & ~cohort.censored,
             cohort.censored, pred, ok, scale)
@@ -232,7 +268,7 @@ def _cohort_potential(cohort: CohortProblem, seed: int) -> ChainRulePotential:
     positive = biject_to(dist.HalfNormal(1.0).support)
     init = {"mu": jnp.zeros(len(cohort.free)), "omega": jnp.asarray(_OMEGA_START * cohort.prior_sigma),
             "eta": jnp.zeros((len(cohort.patients), len(cohort.free))),
-            "error_scale": jnp.asarray(error_scale_medians(cohort.used_error_groups))}
+            "error_scale": jnp.asarray(error_scale_medians(cohort.used_error_groups, cohort.error_scale_prior))}
     return ChainRulePotential(cohort_model, (cohort,), init, seed, forward=cohort.options.adjoint == "forward",
                               theta_of=lambda u: cohort.theta(u["mu"], positive(u["omega"]), u["eta"]),
                               predict=lambda theta, data: cohort_predictions(cohort, theta))
@@ -290,7 +326,9 @@ _DERIVED = ("theta", "population_median", "solver_ok")
 def fit_cohort(model: pbpk.Model, table: pd.DataFrame, schedules, method: str = "nuts", *, free=None,
                seed: int = 0, num_warmup: int = 500, num_samples: int = 1000, num_chains: int = 4,
                chain_method: str = "sequential", svi_steps: int = 2000, svi_learning_rate: float = 0.01,
-               em_max_iter: int = 50, options: pbpk.SolverOptions = CALIBRATION_SOLVER) -> "CohortPosterior":
+               em_max_iter: int = 50, options: pbpk.SolverOptions = CALIBRATION_SOLVER,
+               fixed: Mapping[str, Mapping[str, float]] | None = None,
+               error_scales: Mapping[str, float] | None = None) -> "CohortPosterior":
     """Hierarchical fit of every patient in `table` (module docstring).
 
     schedules: one `pbpk.Schedule` for all patients, or a mapping patient -> schedule
@@ -298,13 +336,17 @@ def fit_cohort(model: pbpk.Model, table: pd.DataFrame, schedules, method: str = 
     free, method and the sampler settings: as `calibration.fit`; every method starts from
       the empirical-Bayes point of `empirical_bayes_spreads` (at most `em_max_iter` EM
       iterations), Laplace keeps its between-patient spreads there (module docstring).
+    fixed: patient -> known parameters (model units; the same names for every patient),
+      e.g. measured covariates, held at each patient's values in its solves.
+    error_scales: error-scale prior medians by group name (as `calibration.fit`).
     Returns a `CohortPosterior`.
     """
     if method not in METHODS:
         raise CalibrationError(f"method {method!r}; expected one of {METHODS}")
     # forward-mode derivatives through the solve for every method (as `fit`)
     cohort = make_cohort_problem(model, table, schedules, free=free,
-                                 options=dataclasses.replace(options, adjoint="forward"))
+                                 options=dataclasses.replace(options, adjoint="forward"), fixed=fixed,
+                                 error_scales=error_scales)
     potential = _cohort_potential(cohort, seed)
     x_map, em = empirical_bayes_spreads(potential, max_iter=em_max_iter)
     info = {"map_unconstrained": x_map, **em}

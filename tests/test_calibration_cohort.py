@@ -17,7 +17,7 @@ from numpyro.infer.util import initialize_model
 
 import calibration
 import pbpk
-from calibration.cohort import _cohort_potential, cohort_model
+from calibration.cohort import _cohort_potential, cohort_model, cohort_predictions
 from toy_models import TOY_POPULATION, TRACER, receptor_toy_model, virtual_receptor_cohort
 
 RICH_TIMES_H = np.array([1.0, 4.0, 24.0, 48.0, 96.0, 168.0])
@@ -139,6 +139,39 @@ def test_population_prior_sharpens_a_sparse_new_patient(laplace_fit, toy):
             fitted = post.summary()["median"]
             errors[label] += [abs(math.log(fitted[k] / truths[name][k])) for k in POPULATION]
     assert np.mean(errors["population"]) < np.mean(errors["default"])
+
+
+def test_known_covariates_enter_each_patients_solve(toy):
+    """`fixed`: each patient's known parameters (here the kidney uptake rate, different per
+    patient) enter that patient's solve: the cohort's predictions at given free parameters
+    equal `pbpk.simulate` of each patient alone with its values."""
+    table, schedules, truths = virtual_patients(toy, 2, seed=31, times_h=RICH_TIMES_H[[1, 4]])
+    known = {"v000": {"kidneys_k_in_per_h": 0.6}, "v001": {"kidneys_k_in_per_h": 1.7}}
+    problem = calibration.make_cohort_problem(toy, table, schedules, free=FREE, options=SOLVER, fixed=known,
+                                              error_scales={"SPECT lesion": 0.1})
+    assert problem.fixed_names == ("kidneys_k_in_per_h",) and problem.error_scale_prior[-1] == 0.1
+    theta = jnp.asarray([[truths[n][k] for k in FREE] for n in problem.patient_names])
+    values, ok = cohort_predictions(problem, theta)
+    assert np.all(np.asarray(ok))
+    for i, name in enumerate(problem.patient_names):
+        obs = problem.patients[i].observations
+        alone = pbpk.simulate(toy, schedules[name], obs.times_h, {**truths[name], **known[name]}, options=SOLVER)
+        expected = [float(alone.activity_mbq[region][t]) for region, t in
+                    zip(np.asarray(toy.region_names)[obs.region_index], obs.time_index)]
+        # rtol: the solver's (rtol 1e-4); the cohort's batched solve takes its own steps
+        np.testing.assert_allclose(np.asarray(values[i, :obs.n]), expected, rtol=1e-4)
+    # another kidney uptake changes the predictions by far more than that
+    other = calibration.make_cohort_problem(toy, table, schedules, free=FREE, options=SOLVER,
+                                            fixed={n: {"kidneys_k_in_per_h": 1.0} for n in known})
+    change = np.abs(np.asarray(cohort_predictions(other, theta)[0]) / np.asarray(values) - 1)
+    assert change.max() > 1e-2
+    for bad, match in (({"v000": known["v000"]}, r"without values \['v001'\]"),
+                       ({**known, "v009": known["v000"]}, r"not in the table \['v009'\]"),
+                       ({"v000": known["v000"], "v001": {"kidneys_k_out_per_h": 1.0}}, "differ"),
+                       ({"v000": known["v000"], "v001": 1.7}, "expected a mapping"),
+                       ({"v000": known["v000"], "v001": {"kidneys_k_in_per_h": -1.0}}, "kidneys_k_in_per_h")):
+        with pytest.raises(calibration.CalibrationError, match=match):
+            calibration.make_cohort_problem(toy, table, schedules, free=FREE, fixed=bad)
 
 
 # ------------------------------------------------------------------ bad input
