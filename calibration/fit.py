@@ -274,7 +274,7 @@ def draw_posterior(potential: ChainRulePotential, x_map: np.ndarray, method: str
         scale_tril = laplace_scale_tril(potential, x_map)
         result = run_svi(potential, x_map, key, svi_steps, svi_learning_rate, num_samples, scale_tril=scale_tril)
         info.update(svi_laplace_start=scale_tril is not None, svi_steps_run=int(result.losses.size),
-                    svi_converged=result.converged, svi_last_window_improvement=result.improvement,
+                    svi_converged=result.converged, svi_elbo_descent_per_window=result.descent_per_window,
                     elbo_loss_final=float(np.nanmean(result.losses[-WINDOW:])))
         return potential.constrained_draws(jnp.asarray(result.draws)), 1, None
     cov, positive = laplace_covariance(potential, x_map, fixed=laplace_fixed if method == "laplace" else None)

@@ -138,7 +138,7 @@ class SampleDiagnostics:
                 msgs.append(f"{d['divergences']} divergent transitions (raise target_accept_prob, reparameterise "
                             f"or fix fewer parameters)")
         if self.method == "svi" and not self.info.get("svi_converged", True):
-            steps, gain = self.info["svi_steps_run"], self.info["svi_last_window_improvement"]
+            steps, gain = self.info["svi_steps_run"], self.info["svi_elbo_descent_per_window"]
             msgs.append(f"SVI not converged: {steps} steps, too few to check (at least {3 * WINDOW}); raise svi_steps"
                         if not np.isfinite(gain) else
                         f"SVI not converged: the ELBO still improved by {gain:.2f} nats per {WINDOW} steps over "

@@ -65,7 +65,7 @@ class SVIResult(NamedTuple):
     draws: np.ndarray  # (num_samples, dim) unconstrained
     losses: np.ndarray  # loss (negative ELBO, nats) of every step run
     converged: bool
-    improvement: float  # fitted loss descent per WINDOW steps over the last half of the run (nats)
+    descent_per_window: float  # fitted loss descent per WINDOW steps over the last half of the run (nats)
 
 
 def svi_program(potential: ChainRulePotential, learning_rate: float) -> SVIProgram:
@@ -123,16 +123,16 @@ def run_svi(potential: ChainRulePotential, loc: np.ndarray, key, max_steps: int,
         init["auto_scale_tril"] = jnp.asarray(scale_tril, dtype=jnp.float64)
     state = program.svi.init(key, potential.data, init_params=init)
     losses = np.full(max_steps, np.nan)
-    improvement, converged, n = np.inf, False, 0
+    descent, converged, n = np.inf, False, 0
     for i in range(max_steps):
         state, loss = program.step(state, potential.data)
         losses[i] = float(loss)
         n = i + 1
         if n % WINDOW == 0:
-            converged, improvement = elbo_converged(losses[:n])
+            converged, descent = elbo_converged(losses[:n])
             if converged:
                 break
     losses = losses[:n]
     params = program.svi.get_params(state)
     draws = program.guide.sample_posterior(jax.random.fold_in(key, 1), params, sample_shape=(num_samples,))["x"]
-    return SVIResult(np.asarray(draws), losses, converged, improvement)
+    return SVIResult(np.asarray(draws), losses, converged, descent)
