@@ -62,7 +62,7 @@ import pbpk
 from pbpk.batch import BatchArrays, batch_arrays, schedule_structure, solve_batch
 
 from .errors import CalibrationError, TableError
-from .fit import METHODS, draw_posterior, find_map, hessian_columns, make_problem
+from .fit import check_method, draw_posterior, find_map, hessian_columns, make_problem
 from .likelihood import ACTIVITY_FLOOR_MBQ, CALIBRATION_SOLVER, ERROR_GROUPS, Problem, error_scale_site, observe
 from .posterior import Posterior, SampleDiagnostics, error_scale_samples
 from .potential import ChainRulePotential
@@ -145,12 +145,7 @@ def make_cohort_problem(model: pbpk.Model, table: pd.DataFrame, schedules, *, fr
         raise TableError(f"cohort time-activity table holds {len(names)} patient(s); a cohort fit needs at least 2 "
                          "(use calibration.fit for one patient)")
     if isinstance(schedules, Mapping):
-        keys = {str(k) for k in schedules}
-        missing, extra = sorted(set(names) - keys), sorted(keys - set(names))
-        if missing or extra:
-            raise CalibrationError(f"schedules: patients without a schedule {missing}, schedules without table rows "
-                                   f"{extra}; expected one schedule per patient of the table")
-        by_patient = {str(k): v for k, v in schedules.items()}
+        by_patient = _one_per_patient(schedules, names, "schedules", "a schedule")
     else:
         by_patient = dict.fromkeys(names, schedules)
     free = resolve_free_parameters(model, free)
@@ -180,6 +175,17 @@ def make_cohort_problem(model: pbpk.Model, table: pd.DataFrame, schedules, *, fr
         error_scale_prior=problems[0].error_scale_prior)
 
 
+def _one_per_patient(mapping: Mapping, names: list[str], field: str, what: str) -> dict:
+    """`mapping` keyed by patient name (str), checked to hold exactly the table's patients
+    `names`; CalibrationError naming `field`, the patients left out and the extra keys."""
+    by_patient = {str(k): v for k, v in mapping.items()}
+    missing, extra = sorted(set(names) - set(by_patient)), sorted(set(by_patient) - set(names))
+    if missing or extra:
+        raise CalibrationError(f"{field}: patients of the table without {what} {missing}, entries for patients not in "
+                               f"the table {extra}; expected {what} per patient of the table")
+    return by_patient
+
+
 def _fixed_by_patient(fixed, names: list[str]) -> dict[str, Mapping[str, float] | None]:
     """`fixed` checked to give every patient of the table, and only those, the same
     parameter names (values are checked per patient by `make_problem`)."""
@@ -187,11 +193,7 @@ def _fixed_by_patient(fixed, names: list[str]) -> dict[str, Mapping[str, float] 
         return dict.fromkeys(names)
     if not isinstance(fixed, Mapping):
         raise CalibrationError(f"fixed: expected a mapping patient -> {{parameter: value}}, got {type(fixed).__name__}")
-    by_patient = {str(k): v for k, v in fixed.items()}
-    missing, extra = sorted(set(names) - set(by_patient)), sorted(set(by_patient) - set(names))
-    if missing or extra:
-        raise CalibrationError(f"fixed: patients without values {missing}, values for patients not in the table "
-                               f"{extra}; expected one mapping per patient of the table")
+    by_patient = _one_per_patient(fixed, names, "fixed", "a mapping of known values")
     for n in names:
         if not isinstance(by_patient[n], Mapping):
             raise CalibrationError(f"fixed[{n!r}]: expected a mapping parameter name -> value")
@@ -341,8 +343,7 @@ def fit_cohort(model: pbpk.Model, table: pd.DataFrame, schedules, method: str = 
     error_scales: error-scale prior medians by group name (as `calibration.fit`).
     Returns a `CohortPosterior`.
     """
-    if method not in METHODS:
-        raise CalibrationError(f"method {method!r}; expected one of {METHODS}")
+    check_method(method, svi_steps, svi_learning_rate)
     # forward-mode derivatives through the solve for every method (as `fit`)
     cohort = make_cohort_problem(model, table, schedules, free=free,
                                  options=dataclasses.replace(options, adjoint="forward"), fixed=fixed,

@@ -48,6 +48,7 @@ from .observations import observations_from_table
 from .posterior import Posterior
 from .potential import FAILED_SOLVE_VALUE, ChainRulePotential
 from .svi import WINDOW, run_svi
+from .svi import check_settings as check_svi_settings
 from .priors import ERROR_SCALE_MEDIANS, FreeParameter, error_scale_medians, resolve_free_parameters
 
 METHODS = ("nuts", "svi", "laplace")
@@ -245,8 +246,7 @@ def fit(model: pbpk.Model, table: pd.DataFrame, schedule, method: str = "nuts", 
       replacing the published defaults for the groups given (`error_scale_prior`).
     Returns a `Posterior` with `num_samples` draws per chain (Laplace and SVI: one chain).
     """
-    if method not in METHODS:
-        raise CalibrationError(f"method {method!r}; expected one of {METHODS}")
+    check_method(method, svi_steps, svi_learning_rate)
     # forward-mode derivatives through the solve (few parameters, no checkpointed reverse
     # pass) for every method: SVI's ELBO reaches the solve through the chain-rule gradient
     options = dataclasses.replace(options, adjoint="forward")
@@ -260,6 +260,15 @@ def fit(model: pbpk.Model, table: pd.DataFrame, schedule, method: str = "nuts", 
                                             chain_method=chain_method, svi_steps=svi_steps,
                                             svi_learning_rate=svi_learning_rate)
     return Posterior.from_draws(problem, method, samples, chains=chains, info=info, sample_stats=stats)
+
+
+def check_method(method: str, svi_steps, svi_learning_rate) -> None:
+    """CalibrationError for an unknown `method`, or for SVI settings `run_svi` cannot
+    use, before any work starts (`fit`, `fit_cohort`)."""
+    if method not in METHODS:
+        raise CalibrationError(f"method {method!r}; expected one of {METHODS}")
+    if method == "svi":
+        check_svi_settings(svi_steps, svi_learning_rate)
 
 
 def draw_posterior(potential: ChainRulePotential, x_map: np.ndarray, method: str, info: dict, *, seed: int,

@@ -42,6 +42,7 @@ from numpyro.infer import SVI, Trace_ELBO, init_to_value
 from numpyro.infer.autoguide import AutoMultivariateNormal
 from numpyro.optim import Adam
 
+from .errors import CalibrationError
 from .potential import ChainRulePotential
 
 #: steps per convergence check
@@ -113,10 +114,23 @@ def elbo_converged(losses: np.ndarray) -> tuple[bool, float]:
     return descent < max(TOLERANCE, 2 * slope_se * WINDOW), descent
 
 
+def check_settings(max_steps, learning_rate) -> None:
+    """CalibrationError unless `max_steps` (``svi_steps``) is an integer >= 1 and
+    `learning_rate` (``svi_learning_rate``) a positive number; the fits call it before
+    their MAP search."""
+    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+        raise CalibrationError(f"svi_steps {max_steps!r}: expected an integer >= 1 (the most SVI steps; the run stops "
+                               f"earlier when the ELBO settles, checked every {WINDOW} steps)")
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float, np.floating)) \
+            or not (np.isfinite(learning_rate) and learning_rate > 0):
+        raise CalibrationError(f"svi_learning_rate {learning_rate!r}: expected a positive number (Adam's step size)")
+
+
 def run_svi(potential: ChainRulePotential, loc: np.ndarray, key, max_steps: int, learning_rate: float,
             num_samples: int, *, scale_tril: np.ndarray | None = None) -> SVIResult:
     """SVI from q = N(loc, scale_tril scale_tril^T) (module docstring); returns
     `num_samples` unconstrained draws of the fitted guide and the run's record."""
+    check_settings(max_steps, learning_rate)
     program = svi_program(potential, learning_rate)
     init = {"auto_loc": jnp.asarray(loc, dtype=jnp.float64)}
     if scale_tril is not None:

@@ -250,6 +250,9 @@ def test_bad_tables_raise_specific_errors(toy, table, schedule, change, error, m
 def test_bad_fit_arguments(toy, table, schedule):
     with pytest.raises(calibration.CalibrationError, match="method"):
         calibration.fit(toy, table, schedule, method="mcmc")
+    for steps, rate, match in ((0, 0.01, "svi_steps"), (2.5, 0.01, "svi_steps"), (100, -0.1, "svi_learning_rate")):
+        with pytest.raises(calibration.CalibrationError, match=match):
+            calibration.fit(toy, table, schedule, method="svi", svi_steps=steps, svi_learning_rate=rate)
     with pytest.raises(calibration.CalibrationError, match="not a parameter"):
         make_problem(toy, table, schedule, free=["kidney_rden"])
     with pytest.raises(calibration.CalibrationError, match="sigma_log"):

@@ -165,7 +165,7 @@ def test_known_covariates_enter_each_patients_solve(toy):
                                             fixed={n: {"kidneys_k_in_per_h": 1.0} for n in known})
     change = np.abs(np.asarray(cohort_predictions(other, theta)[0]) / np.asarray(values) - 1)
     assert change.max() > 1e-2
-    for bad, match in (({"v000": known["v000"]}, r"without values \['v001'\]"),
+    for bad, match in (({"v000": known["v000"]}, r"fixed: patients of the table without a mapping of known values \['v001'\]"),
                        ({**known, "v009": known["v000"]}, r"not in the table \['v009'\]"),
                        ({"v000": known["v000"], "v001": {"kidneys_k_out_per_h": 1.0}}, "differ"),
                        ({"v000": known["v000"], "v001": 1.7}, "expected a mapping"),
@@ -179,7 +179,7 @@ def test_bad_cohort_input(toy):
     table, schedules, _ = virtual_patients(toy, 2, seed=1, times_h=RICH_TIMES_H[:2])
     with pytest.raises(calibration.CalibrationError, match=r"without a schedule \['v001'\]"):
         calibration.make_cohort_problem(toy, table, {"v000": schedules["v000"]}, free=FREE)
-    with pytest.raises(calibration.CalibrationError, match=r"without table rows \['x'\]"):
+    with pytest.raises(calibration.CalibrationError, match=r"schedules: .* not in the table \['x'\]"):
         calibration.make_cohort_problem(toy, table, dict(schedules, x=schedules["v000"]), free=FREE)
     with pytest.raises(calibration.TableError, match="at least 2"):
         calibration.make_cohort_problem(toy, table[table["patient"] == "v000"], schedules["v000"], free=FREE)
