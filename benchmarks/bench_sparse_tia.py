@@ -66,6 +66,18 @@ run on Dask with --workers):
    50 % and 95 % quantiles of each free parameter (``<method>_<name>_q05 / _median /
    _q95``), fit diagnostics, seconds and warnings.
 
+Population prior (--population-prior M; the NLME route of the single-time-point
+literature, issue 6 "Cohort"): before the test patients, M other patients of the same
+seeded population (parts TRAINING_PART_OFFSET + k) get the rich table of items 1-3, and
+`calibration.fit_cohort` (Laplace: EM for the between-patient spreads; the full
+two-ligand model solved jointly; the same free densities, default priors and measured
+covariates fixed per patient) fits them together.  Every fit of the test patients then
+takes ``free=population_prior()`` (per density: the population median and the spread of
+a new patient, estimated, never the generating values) and
+``error_scales=population_error_scales()`` (the extra error beyond each row's reported
+uncertainty that the training data show, as the error scales' prior medians).  Both are
+written to ``population_prior.json`` with the cohort fit's record and reused on a resume.
+
 Summaries, printed and written atomically:
 (A) ``summary.csv``, sparse-data accuracy: per region (kidneys, lesion_1) and method, the
     median and 90th percentile of |relative error| next to the targets (issue 6): median
@@ -81,7 +93,7 @@ refused), ``estimates/``, ``intervals/`` and ``patients/`` (Parquet datasets in 
 `twin.runner`), then ``summary.csv`` and ``coverage.csv``.
 
 Run:  python benchmarks/bench_sparse_tia.py --patients N --output DIR [--seed S]
-          [--workers W] [--force] [--error-scale B]
+          [--workers W] [--force] [--error-scale B | --population-prior M]
 
 --error-scale B sets the prior median of every error group's scale (the error beyond each
 row's reported uncertainty) to B instead of the published clinical values (0.16–0.39,
@@ -89,7 +101,9 @@ row's reported uncertainty) to B instead of the published clinical values (0.16�
 loss that these virtual data do not have): the fit a site with a characterised
 quantification would run.
 
-Measured: see benchmarks/results/sparse_tia_cpu.txt
+Measured: see benchmarks/results/sparse_tia_cpu.txt (published priors),
+sparse_tia_error005_cpu.txt (--error-scale 0.05), sparse_tia_population_prior_cpu.txt
+(--population-prior)
 """
 
 from __future__ import annotations
@@ -102,6 +116,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import functools  # noqa: E402
+import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -123,6 +138,10 @@ from twin.population import Population, patient_parameters  # noqa: E402
 from twin.synthetic import PET_SCAN_H, PET_TRACER, THERAPY_TRACER, observed_schedule  # noqa: E402
 
 MANIFEST = "sparse_tia.json"
+POPULATION_PRIOR_FILE = "population_prior.json"
+#: training patients of --population-prior are parts TRAINING_PART_OFFSET + k: the same
+#: seeded population, disjoint from the test patients 0..N-1
+TRAINING_PART_OFFSET = 1_000_000
 #: version of the study design in the manifest (2: shared model, tumour-rest density
 #: fitted, rich fit and intervals; folders of version 1 are refused)
 DESIGN_VERSION = 2
@@ -210,21 +229,36 @@ def design_tables(rich: pd.DataFrame) -> dict[str, pd.DataFrame]:
             "twin_pet_only": rich[pet].reset_index(drop=True)}
 
 
-def twin_fit(table: pd.DataFrame, params: Mapping[str, float], seed: int,
-             error_scale: float | None = None) -> tuple[dict, dict, float, dict]:
+def fit_options() -> pbpk.SolverOptions:
+    """The fits' solver settings: `calibration.CALIBRATION_SOLVER` at rtol FIT_RTOL."""
+    return dataclasses.replace(calibration.CALIBRATION_SOLVER, rtol=FIT_RTOL)
+
+
+def measured_covariates(params: Mapping[str, float]) -> dict[str, float]:
+    """The patient's MEASURED_COVARIATES (held fixed in every fit)."""
+    return {k: float(params[k]) for k in MEASURED_COVARIATES}
+
+
+def twin_fit(table: pd.DataFrame, params: Mapping[str, float], seed: int, error_scale: float | None = None,
+             prior: Mapping | None = None) -> tuple[dict, dict, float, dict]:
     """Laplace fit of the shared model (module doc, item 4; error_scale: the prior median of
-    every error group's scale instead of the published ones) -> (therapy TIA quantiles
-    {region: (q05, q50, q95) MBq*h}, free-parameter quantiles {name: (q05, q50, q95)},
-    seconds of fit + prediction, diagnostics incl. the two times apart)."""
-    options = dataclasses.replace(calibration.CALIBRATION_SOLVER, rtol=FIT_RTOL)
-    fixed = {k: float(params[k]) for k in MEASURED_COVARIATES}
+    every error group's scale instead of the published ones; prior: a training cohort's
+    population prior and error scales, `training_population_prior`) -> (therapy TIA
+    quantiles {region: (q05, q50, q95) MBq*h}, free-parameter quantiles {name: (q05, q50,
+    q95)}, seconds of fit + prediction, diagnostics incl. the two times apart)."""
+    if prior is not None:
+        free = [calibration.FreeParameter(**p) for p in prior["free"]]
+        error_scales = prior["error_scales"]
+    else:
+        free = list(FREE)
+        error_scales = None if error_scale is None else {g: error_scale for g in calibration.ERROR_GROUPS}
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", calibration.CalibrationWarning)
-        post = calibration.fit(shared_model(), table, observed_schedule(), "laplace", free=list(FREE),
-                               separate_ligands=True, options=options, seed=seed, fixed=fixed,
-                               num_samples=PREDICT_DRAWS, error_scales=None if error_scale is None else
-                               {g: error_scale for g in calibration.ERROR_GROUPS})
+        post = calibration.fit(shared_model(), table, observed_schedule(), "laplace", free=free,
+                               separate_ligands=True, options=fit_options(), seed=seed,
+                               fixed=measured_covariates(params), num_samples=PREDICT_DRAWS,
+                               error_scales=error_scales)
         fitted = time.perf_counter()
         pred = post.predict(therapy_schedule(), quantiles=QUANTILES, max_draws=PREDICT_DRAWS, seed=seed)
     seconds = time.perf_counter() - start
@@ -244,6 +278,38 @@ def twin_fit(table: pd.DataFrame, params: Mapping[str, float], seed: int,
     return tia, parameters, seconds, diag
 
 
+def training_population_prior(seed: int, n_training: int, folder: Path) -> dict:
+    """The population prior of a data-rich training cohort (module doc, "Population
+    prior"): patients TRAINING_PART_OFFSET + k, k < n_training, of the same seeded
+    population (none of them a test patient), their rich tables, covariates fixed, fitted
+    together by `calibration.fit_cohort` (Laplace) -> {"free": the `FreeParameter` fields
+    of ``population_prior()``, "error_scales": ``population_error_scales()``, and the
+    fit's record}.  Written atomically to POPULATION_PRIOR_FILE in `folder` and read back
+    from there on a resume (the manifest holds n_training, so it is this run's)."""
+    path = folder / POPULATION_PRIOR_FILE
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    parts = [TRAINING_PART_OFFSET + k for k in range(n_training)]
+    tables, fixed, truths = [], {}, []
+    for part in parts:
+        _, params, _, rich = patient_data(seed, part)
+        tables.append(rich)
+        fixed[f"virtual-{part}"] = measured_covariates(params)
+        truths.append([float(params[k]) for k in FREE])
+    start = time.perf_counter()
+    post = calibration.fit_cohort(shared_model(), pd.concat(tables, ignore_index=True), observed_schedule(),
+                                  "laplace", free=list(FREE), options=fit_options(), fixed=fixed, seed=seed,
+                                  num_samples=PREDICT_DRAWS)
+    prior = {"free": [dataclasses.asdict(p) for p in post.population_prior()],
+             "error_scales": post.population_error_scales(),
+             "training_parts": parts, "fit_seconds": time.perf_counter() - start,
+             "em_iterations": int(post.info.get("em_iterations", 0)), "problems": post.problems(),
+             "training_true_median": dict(zip(FREE, np.median(truths, axis=0).tolist()))}
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(prior, indent=2), encoding="utf-8")
+    return prior
+
+
 def stp_estimates(table: pd.DataFrame) -> dict[tuple[str, str], float]:
     """{(method, region): TIA MBq*h} of Hänscheid and Madsen on the SPECT row at SPECT_SCAN_H
     of each target region (Madsen with the region's population effective half-life)."""
@@ -257,12 +323,21 @@ def stp_estimates(table: pd.DataFrame) -> dict[tuple[str, str], float]:
     return out
 
 
-def patient_task(seed: int, error_scale: float | None, part: int) -> dict[str, pd.DataFrame]:
-    """The tables of virtual patient `part` (see module doc)."""
+def patient_data(seed: int, part: int) -> tuple[dict, dict, dict, pd.DataFrame]:
+    """Virtual patient `part` of the seeded population (module doc, items 1-3): (sampled
+    covariate row, true model parameters, true therapy TIA {region: MBq*h}, rich noisy
+    observation table of patient ``virtual-<part>``)."""
     row = population().sample(seed, [part]).to_dict("records")[0]
     params = patient_parameters(row)
     activity, true_tia = truth(params)
     rich = observation_table(f"virtual-{part}", activity, np.random.default_rng(np.random.SeedSequence([seed, part, 3])))
+    return row, params, true_tia, rich
+
+
+def patient_task(seed: int, error_scale: float | None, prior: Mapping | None, part: int) -> dict[str, pd.DataFrame]:
+    """The tables of virtual patient `part` (see module doc; `prior`: the training
+    cohort's population prior, `training_population_prior`, or None)."""
+    row, params, true_tia, rich = patient_data(seed, part)
     designs = design_tables(rich)
     fit_seed = int(np.random.SeedSequence([seed, part, 2]).generate_state(1)[0] % (2 ** 31))
 
@@ -271,7 +346,7 @@ def patient_task(seed: int, error_scale: float | None, part: int) -> dict[str, p
     interval_rows = []
     info = dict(patient_id=part, **{k: row[k] for k in row if k != "patient_id"})
     for method in TWIN_METHODS:
-        tia, parameters, secs, diag = twin_fit(designs[method], params, fit_seed, error_scale)
+        tia, parameters, secs, diag = twin_fit(designs[method], params, fit_seed, error_scale, prior)
         seconds[method] = secs
         estimates.update({(method, r): tia[r][1] for r in TARGET_REGIONS})
         for region in PREDICT_REGIONS:
@@ -347,9 +422,13 @@ def coverage(intervals: pd.DataFrame, patients: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([tia, pd.DataFrame(rows)], ignore_index=True)
 
 
-def manifest(patients: int, seed: int, error_scale: float | None) -> dict:
+def manifest(patients: int, seed: int, error_scale: float | None, training: int | None) -> dict:
     return {"design_version": DESIGN_VERSION, "patients": patients, "seed": seed, "tracers": list(TRACERS),
-            "error_scale_median": "published (calibration.priors)" if error_scale is None else error_scale,
+            "error_scale_median": ("published (calibration.priors)" if error_scale is None and training is None
+                                   else "training cohort's (population_prior.json)" if error_scale is None
+                                   else error_scale),
+            "prior": ("calibration.priors defaults" if training is None
+                      else f"population prior of a training cohort of {training} patients"),
             "schedule": [dict(time_h=a.time_h, activity_mbq=a.activity_mbq, ligand_nmol=a.ligand_nmol,
                               tracer=a.tracer.name) for a in observed_schedule()],
             "model_lesion_ml": MODEL_LESION_ML, "pet_scan_h": PET_SCAN_H, "spect_scan_h": SPECT_SCAN_H,
@@ -370,6 +449,9 @@ def main(argv=None) -> int:
     ap.add_argument("--error-scale", type=float, default=None,
                     help="prior median of every error group's scale in the fits (default: the published "
                          "ones, calibration.priors.ERROR_SCALE_MEDIANS)")
+    ap.add_argument("--population-prior", type=int, default=None, metavar="M",
+                    help="fit a data-rich training cohort of M other patients first (calibration.fit_cohort) "
+                         "and use its population prior and error scales in every fit")
     args = ap.parse_args(argv)
     if args.patients < 1:
         ap.error(f"--patients {args.patients}: expected an integer >= 1")
@@ -378,9 +460,21 @@ def main(argv=None) -> int:
 
     if args.error_scale is not None and not args.error_scale > 0:
         ap.error(f"--error-scale {args.error_scale}: expected a positive number")
-    folder = runner.prepare_folder(args.output, MANIFEST, manifest(args.patients, args.seed, args.error_scale),
+    if args.population_prior is not None and args.error_scale is not None:
+        ap.error("--population-prior and --error-scale: choose one (the cohort gives the error scales)")
+    if args.population_prior is not None and args.population_prior < 2:
+        ap.error(f"--population-prior {args.population_prior}: expected an integer >= 2 (a cohort)")
+    folder = runner.prepare_folder(args.output, MANIFEST,
+                                   manifest(args.patients, args.seed, args.error_scale, args.population_prior),
                                    force=args.force)
-    task = functools.partial(patient_task, args.seed, args.error_scale)
+    prior = None
+    if args.population_prior is not None:
+        prior = training_population_prior(args.seed, args.population_prior, folder)
+        print(f"population prior of {args.population_prior} training patients "
+              f"({prior['fit_seconds']:.0f} s, EM {prior['em_iterations']} iterations): "
+              + ", ".join(f"{p['name']} {p['median']:.3g} (sd_log {p['sigma_log']:.2f})" for p in prior["free"])
+              + "; error scales " + ", ".join(f"{g} {v:.3f}" for g, v in prior["error_scales"].items()), flush=True)
+    task = functools.partial(patient_task, args.seed, args.error_scale, prior)
     with runner.connect(workers=args.workers) as client:
         stats = runner.run_parts(task, range(args.patients), folder, TABLES, client=client, name="sparse-patient",
                                  progress=runner.print_progress("patients"))
