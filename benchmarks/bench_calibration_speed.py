@@ -146,12 +146,12 @@ def run(name: str, model: pbpk.Model, free: list[str], args) -> list[dict]:
                                     scale_tril=scale_tril)
         return result, potential.constrained_draws(jnp.asarray(result.draws))
 
-    scale_tril, t_start = timed(lambda: fit_module.laplace_scale_tril(potential, x_map))
+    scale_tril, t_start = timed(lambda: fit_module.laplace_scale_tril(potential, x_map, opt.hess))
     _, t_svi_first = timed(lambda: svi_fit(0, scale_tril))
     (result, _), t_svi = timed(lambda: svi_fit(1, scale_tril))
     steps = result.losses.size
     row("SVI: first call", t_svi_first, "compiles the SVI step (once per model and protocol)")
-    row("SVI: Laplace start, chol(H_GN^-1)", t_start, "one Gauss-Newton evaluation at the MAP")
+    row("SVI: Laplace start, chol(H_GN^-1)", t_start, "from the MAP search's H_GN (as calibration.fit)")
     row("SVI: steps to convergence + 1000 draws", t_svi,
         f"{steps} steps, converged: {result.converged}, ELBO loss {np.mean(result.losses[-svi_module.WINDOW:]):.2f}")
     row("SVI total after compilation", t_map + t_start + t_svi, "MAP + start + SVI; target <= 10 s on the reduced model")

@@ -258,7 +258,8 @@ def fit(model: pbpk.Model, table: pd.DataFrame, schedule, method: str = "nuts", 
     samples, chains, stats = draw_posterior(potential, x_map, method, info, seed=seed, num_warmup=num_warmup,
                                             num_samples=num_samples, num_chains=num_chains,
                                             chain_method=chain_method, svi_steps=svi_steps,
-                                            svi_learning_rate=svi_learning_rate)
+                                            svi_learning_rate=svi_learning_rate,
+                                            gauss_newton_at_map=getattr(opt, "hess", None))
     return Posterior.from_draws(problem, method, samples, chains=chains, info=info, sample_stats=stats)
 
 
@@ -273,14 +274,16 @@ def check_method(method: str, svi_steps, svi_learning_rate) -> None:
 
 def draw_posterior(potential: ChainRulePotential, x_map: np.ndarray, method: str, info: dict, *, seed: int,
                    num_warmup: int, num_samples: int, num_chains: int, chain_method: str, svi_steps: int,
-                   svi_learning_rate: float, laplace_fixed: np.ndarray | None = None):
+                   svi_learning_rate: float, laplace_fixed: np.ndarray | None = None,
+                   gauss_newton_at_map: np.ndarray | None = None):
     """Posterior draws by `method` from the optimiser's point `x_map`: Laplace (Gaussian,
     coordinates in `laplace_fixed` held at x_map), SVI or NUTS (its warm-up mass matrix the
-    full Laplace covariance).  Adds diagnostics to `info`; returns (constrained samples,
-    number of chains, NUTS sample statistics or None)."""
+    full Laplace covariance).  gauss_newton_at_map: H_GN at x_map where the MAP search
+    already has it (SVI's start; else evaluated here).  Adds diagnostics to `info`;
+    returns (constrained samples, number of chains, NUTS sample statistics or None)."""
     key = jax.random.PRNGKey(seed)
     if method == "svi":
-        scale_tril = laplace_scale_tril(potential, x_map)
+        scale_tril = laplace_scale_tril(potential, x_map, gauss_newton_at_map)
         result = run_svi(potential, x_map, key, svi_steps, svi_learning_rate, num_samples, scale_tril=scale_tril)
         info.update(svi_laplace_start=scale_tril is not None, svi_steps_run=int(result.losses.size),
                     svi_converged=result.converged, svi_elbo_descent_per_window=result.descent_per_window,
@@ -302,12 +305,17 @@ def laplace_draws(potential: ChainRulePotential, x_map: np.ndarray, cov: np.ndar
     return potential.constrained_draws(jnp.asarray(draws))
 
 
-def laplace_scale_tril(potential: ChainRulePotential, x_map: np.ndarray) -> np.ndarray | None:
+def laplace_scale_tril(potential: ChainRulePotential, x_map: np.ndarray,
+                       hessian: np.ndarray | None = None) -> np.ndarray | None:
     """chol(H_GN^-1) at the MAP (the Laplace approximation's scale, SVI's start), or None
-    when the potential has no Gauss-Newton Hessian or it is not positive definite there."""
+    when the potential has no Gauss-Newton Hessian or it is not positive definite there.
+    hessian: H_GN at x_map as the trust-region search left it (``OptimizeResult.hess``),
+    so it is not evaluated again."""
     if not potential.has_gauss_newton:
         return None
-    hess = np.asarray(potential.gauss_newton(jnp.asarray(x_map))[2], dtype=float)
+    if hessian is None:
+        hessian = potential.gauss_newton(jnp.asarray(x_map))[2]
+    hess = np.asarray(hessian, dtype=float)
     hess = 0.5 * (hess + hess.T)
     if not (np.all(np.isfinite(hess)) and np.linalg.eigvalsh(hess)[0] > 0):
         return None

@@ -228,6 +228,10 @@ def test_newton_and_lbfgs_find_the_same_map(toy, table, schedule):
     assert res_newton.success and res_lbfgs.success
     assert float(res_newton.fun) <= float(res_lbfgs.fun) + 1e-8
     np.testing.assert_allclose(x_newton, x_lbfgs, atol=2e-4)
+    # the search hands back H_GN at its point: SVI's Laplace start need not evaluate it again
+    from calibration.fit import laplace_scale_tril
+    np.testing.assert_allclose(laplace_scale_tril(potential, x_newton, res_newton.hess),
+                               laplace_scale_tril(potential, x_newton), rtol=1e-10, atol=1e-12)
 
 
 # ------------------------------------------------------------------ bad input
