@@ -78,6 +78,12 @@ a new patient, estimated, never the generating values) and
 uncertainty that the training data show, as the error scales' prior medians).  Both are
 written to ``population_prior.json`` with the cohort fit's record and reused on a resume.
 
+Reference floor (--generating-prior): every fit takes the generating population's
+log-normal of each density (`population()`) as its prior and extra error scales of
+GENERATING_ERROR_SCALE: what an unlimited training cohort would give, so the accuracy
+this design (PET 5 % + one SPECT 10 % noise) allows at best.  A reference, not a fit a
+clinic could run.
+
 Summaries, printed and written atomically:
 (A) ``summary.csv``, sparse-data accuracy: per region (kidneys, lesion_1) and method, the
     median and 90th percentile of |relative error| next to the targets (issue 6): median
@@ -89,11 +95,12 @@ Summaries, printed and written atomically:
     and the coverage of its 90 % interval (no target).
 
 Output folder: ``sparse_tia.json`` (the run's settings; a rerun with other settings is
-refused), ``estimates/``, ``intervals/`` and ``patients/`` (Parquet datasets in parts,
+refused; a rerun with a larger --patients adds patients to it, and the summaries cover
+patients 0..N-1 of the folder), ``estimates/``, ``intervals/`` and ``patients/`` (Parquet datasets in parts,
 `twin.runner`), then ``summary.csv`` and ``coverage.csv``.
 
 Run:  python benchmarks/bench_sparse_tia.py --patients N --output DIR [--seed S]
-          [--workers W] [--force] [--error-scale B | --population-prior M]
+          [--workers W] [--force] [--error-scale B | --population-prior M | --generating-prior]
 
 --error-scale B sets the prior median of every error group's scale (the error beyond each
 row's reported uncertainty) to B instead of the published clinical values (0.16–0.39,
@@ -142,6 +149,9 @@ POPULATION_PRIOR_FILE = "population_prior.json"
 #: training patients of --population-prior are parts TRAINING_PART_OFFSET + k: the same
 #: seeded population, disjoint from the test patients 0..N-1
 TRAINING_PART_OFFSET = 1_000_000
+#: --generating-prior: every error group's extra scale (prior median); the data's noise is
+#: all in the reported uncertainty, so ~0
+GENERATING_ERROR_SCALE = 0.01
 #: version of the study design in the manifest (2: shared model, tumour-rest density
 #: fitted, rich fit and intervals; folders of version 1 are refused)
 DESIGN_VERSION = 2
@@ -310,6 +320,22 @@ def training_population_prior(seed: int, n_training: int, folder: Path) -> dict:
     return prior
 
 
+def generating_population_prior() -> dict:
+    """The reference prior of --generating-prior (module doc): per free density the
+    generating population's log-normal (`population()`: median, sd_log; the lesion's from
+    ``lesion_rden_nmol_l``), and every error group's extra scale at GENERATING_ERROR_SCALE
+    (these data carry no error beyond the reported one)."""
+    covariates = population().covariates
+    free = []
+    for name in FREE:
+        dist = covariates["lesion_rden_nmol_l" if name.startswith("lesion_") else name]
+        if dist.kind != "lognormal":
+            raise TwinError(f"population covariate for {name}: {dist.kind!r}; the reference prior needs a lognormal")
+        free.append({"name": name, "median": float(dist.median), "sigma_log": float(dist.sd_log),
+                     "source": "the generating population of this study (reference, not an estimate)"})
+    return {"free": free, "error_scales": {g: GENERATING_ERROR_SCALE for g in calibration.ERROR_GROUPS}}
+
+
 def stp_estimates(table: pd.DataFrame) -> dict[tuple[str, str], float]:
     """{(method, region): TIA MBq*h} of Hänscheid and Madsen on the SPECT row at SPECT_SCAN_H
     of each target region (Madsen with the region's population effective half-life)."""
@@ -422,13 +448,19 @@ def coverage(intervals: pd.DataFrame, patients: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([tia, pd.DataFrame(rows)], ignore_index=True)
 
 
-def manifest(patients: int, seed: int, error_scale: float | None, training: int | None) -> dict:
-    return {"design_version": DESIGN_VERSION, "patients": patients, "seed": seed, "tracers": list(TRACERS),
-            "error_scale_median": ("published (calibration.priors)" if error_scale is None and training is None
-                                   else "training cohort's (population_prior.json)" if error_scale is None
-                                   else error_scale),
-            "prior": ("calibration.priors defaults" if training is None
-                      else f"population prior of a training cohort of {training} patients"),
+def manifest(seed: int, error_scale: float | None, training: int | None, generating: bool) -> dict:
+    """What the run computes per patient (not how many patients: patient k is the same in
+    a run of any size, so a rerun with a larger --patients extends the folder)."""
+    if generating:
+        prior, scales = "generating population (reference)", GENERATING_ERROR_SCALE
+    elif training is not None:
+        prior = f"population prior of a training cohort of {training} patients"
+        scales = "training cohort's (population_prior.json)"
+    else:
+        prior = "calibration.priors defaults"
+        scales = "published (calibration.priors)" if error_scale is None else error_scale
+    return {"design_version": DESIGN_VERSION, "seed": seed, "tracers": list(TRACERS),
+            "error_scale_median": scales, "prior": prior,
             "schedule": [dict(time_h=a.time_h, activity_mbq=a.activity_mbq, ligand_nmol=a.ligand_nmol,
                               tracer=a.tracer.name) for a in observed_schedule()],
             "model_lesion_ml": MODEL_LESION_ML, "pet_scan_h": PET_SCAN_H, "spect_scan_h": SPECT_SCAN_H,
@@ -452,6 +484,9 @@ def main(argv=None) -> int:
     ap.add_argument("--population-prior", type=int, default=None, metavar="M",
                     help="fit a data-rich training cohort of M other patients first (calibration.fit_cohort) "
                          "and use its population prior and error scales in every fit")
+    ap.add_argument("--generating-prior", action="store_true",
+                    help="reference run: every fit's prior is the generating population and the extra error "
+                         "scales ~0 (the floor of this design, what an unlimited training cohort would give)")
     args = ap.parse_args(argv)
     if args.patients < 1:
         ap.error(f"--patients {args.patients}: expected an integer >= 1")
@@ -460,14 +495,15 @@ def main(argv=None) -> int:
 
     if args.error_scale is not None and not args.error_scale > 0:
         ap.error(f"--error-scale {args.error_scale}: expected a positive number")
-    if args.population_prior is not None and args.error_scale is not None:
-        ap.error("--population-prior and --error-scale: choose one (the cohort gives the error scales)")
+    if sum([args.population_prior is not None, args.error_scale is not None, args.generating_prior]) > 1:
+        ap.error("--population-prior, --error-scale, --generating-prior: choose one")
     if args.population_prior is not None and args.population_prior < 2:
         ap.error(f"--population-prior {args.population_prior}: expected an integer >= 2 (a cohort)")
     folder = runner.prepare_folder(args.output, MANIFEST,
-                                   manifest(args.patients, args.seed, args.error_scale, args.population_prior),
+                                   manifest(args.seed, args.error_scale, args.population_prior,
+                                            args.generating_prior),
                                    force=args.force)
-    prior = None
+    prior = generating_population_prior() if args.generating_prior else None
     if args.population_prior is not None:
         prior = training_population_prior(args.seed, args.population_prior, folder)
         print(f"population prior of {args.population_prior} training patients "
@@ -482,9 +518,12 @@ def main(argv=None) -> int:
         print(f"patient {k} failed (a rerun retries it): {msg}", file=sys.stderr)
     if not (folder / "estimates").is_dir():
         raise TwinError(f"{folder}: no patient finished; nothing to summarise")
-    estimates = runner.read_parts(folder, "estimates", ["patient_id", "region", "method"], run="sparse-TIA run")
-    intervals = runner.read_parts(folder, "intervals", ["patient_id", "region", "method"], run="sparse-TIA run")
-    patients = runner.read_parts(folder, "patients", ["patient_id"], run="sparse-TIA run")
+    # the first --patients patients (a folder extended earlier may hold more)
+    estimates, intervals, patients = (
+        t[t["patient_id"] < args.patients].reset_index(drop=True)
+        for t in (runner.read_parts(folder, "estimates", ["patient_id", "region", "method"], run="sparse-TIA run"),
+                  runner.read_parts(folder, "intervals", ["patient_id", "region", "method"], run="sparse-TIA run"),
+                  runner.read_parts(folder, "patients", ["patient_id"], run="sparse-TIA run")))
     accuracy, covered = summary(estimates), coverage(intervals, patients)
     with atomic_file(folder / "summary.csv") as tmp:
         accuracy.to_csv(tmp, index=False)
