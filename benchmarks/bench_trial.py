@@ -3,8 +3,10 @@ workers (scaling efficiency), and peak memory at two population sizes.
 
 Trial: N virtual patients (twin.population defaults, 2 lesions) x S schedules of C
 cycles each (177Lu-PSMA-617, 100 nmol, every 6 weeks, activities spread over 4-10 GBq),
-the full single-tracer PSMA model (`pbpk.psma_model`, 106 species with two lesions; no
-reduced model exists yet, issue 7), at the trial's default solver tolerance (rtol 1e-4).  A simulation = one patient under one schedule.
+the full single-tracer PSMA model (`pbpk.psma_model`, 106 species with two lesions; the
+MBAM-reduced PSMA model of benchmarks/results/mbam_psma simulates a 6-cycle therapy no
+faster, 0.91x, benchmarks/results/mbam_psma/evaluation.txt), at the trial's default
+solver tolerance (rtol 1e-4).  A simulation = one patient under one schedule.
 
 * throughput: each mode first computes one warm-up chunk in every process (compilation),
   then runs the timed trial; simulations per second and the ratios
