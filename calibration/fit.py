@@ -22,7 +22,9 @@ method, one tangent per free parameter only (`_Potential`): with a handful of fr
 parameters this avoids the checkpointed reverse pass (measured ~1.4x faster per gradient
 on the test model); SVI's ELBO gradient gets it through the potential's custom VJP.  Chains run ``sequential`` by default (on a CPU
   ``parallel`` needs ``numpyro.set_host_device_count(n)`` before JAX starts; pass
-  ``chain_method="parallel"`` then; ``vectorized`` is the option for a GPU).
+  ``chain_method="parallel"`` then; its chains trace the solve into their own program, a
+  second compilation, where the other modes call the compiled one; ``vectorized`` is the
+  option for a GPU).
 
 All randomness comes from ``seed``; the same call gives the same samples.
 """
@@ -329,7 +331,9 @@ def run_nuts(potential: ChainRulePotential, x_map: np.ndarray, inverse_mass, key
     flat order: ravel_pytree and NumPyro both sort the site names), so its early,
     unadapted trajectories are short (NumPyro's windowed adaptation then replaces it).
     Returns constrained samples (chain, draw, ...) and the sample statistics."""
-    kernel = NUTS(potential_fn=potential.differentiable(), dense_mass=True, target_accept_prob=0.9,
+    # under pmap ("parallel") the solve is traced into the chains' program (a host callback
+    # would deadlock there: `ChainRulePotential.differentiable_in_data`)
+    kernel = NUTS(potential_fn=potential.differentiable(in_graph=chain_method == "parallel"), dense_mass=True, target_accept_prob=0.9,
                   max_tree_depth=8, inverse_mass_matrix=None if inverse_mass is None else jnp.asarray(inverse_mass))
     mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                 chain_method=chain_method, progress_bar=False)

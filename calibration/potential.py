@@ -145,18 +145,30 @@ class ChainRulePotential:
         with numpyro.handlers.block():  # as in value_and_grad
             return self._compiled.gauss_newton(x, self._data)
 
-    def differentiable(self):
+    def differentiable(self, *, in_graph: bool = False):
         """U(x) as a JAX function whose reverse-mode derivative is this potential's
-        gradient (for NUTS given a ``potential_fn``); the data are constants of it."""
-        in_data, data = self.differentiable_in_data(), self._data
+        gradient (for NUTS given a ``potential_fn``); the data are constants of it.
+        in_graph: see `differentiable_in_data`."""
+        in_data, data = self.differentiable_in_data(in_graph=in_graph), self._data
         return lambda x: in_data(x, data)
 
-    def differentiable_in_data(self):
+    def differentiable_in_data(self, *, in_graph: bool = False):
         """(x, data) -> U(x) for those data, as a JAX function whose reverse-mode derivative
         in x is the potential's gradient (no derivative in the data).  Depends on the
         compiled functions only, so a program built on it (e.g. an SVI step) serves every
-        potential of the same ``cache_key`` with that potential's `data` as an argument."""
+        potential of the same ``cache_key`` with that potential's `data` as an argument.
+
+        By default a jitted caller reaches the compiled program through a host callback
+        (no second compilation of the solve).  in_graph=True traces the program into the
+        caller instead (compiled again there): needed under ``pmap`` (NUTS with
+        ``chain_method="parallel"``), where a callback that starts a computation of its
+        own while every device runs the mapped program never returns."""
         compiled_value_and_grad = self._compiled.value_and_grad
+        if in_graph:
+            def traced_value_and_grad(x, data):
+                with numpyro.handlers.block():  # as in `value_and_grad`
+                    return compiled_value_and_grad(x, data)
+            return _with_gradient_as_vjp(traced_value_and_grad)
 
         def host_value_and_grad(x, data):
             # the program compiled for direct calls: numpy arguments (the callback's are
@@ -174,13 +186,7 @@ class ChainRulePotential:
             shapes = (jax.ShapeDtypeStruct((), jnp.float64), jax.ShapeDtypeStruct(jnp.shape(x), jnp.float64))
             return jax.pure_callback(host_value_and_grad, shapes, x, data, vmap_method="sequential")
 
-        @jax.custom_vjp
-        def potential(x, data):
-            return value_and_grad(x, data)[0]
-
-        # residual of the forward pass: the gradient itself; None: no cotangent for the data
-        potential.defvjp(value_and_grad, lambda grad, cotangent: (cotangent * grad, None))
-        return potential
+        return _with_gradient_as_vjp(value_and_grad)
 
     def scipy_objective(self, x):
         """(value, gradient) as floats for scipy; a non-finite value or gradient becomes a
@@ -191,6 +197,18 @@ class ChainRulePotential:
         """(value, gradient, symmetric H_GN) as floats for scipy, a failed solve as in
         `scipy_objective` (and an identity Hessian)."""
         return _for_scipy(*self.gauss_newton(jnp.asarray(x)))
+
+
+def _with_gradient_as_vjp(value_and_grad):
+    """(x, data) -> U(x) with the custom VJP cotangent * dU/dx from `value_and_grad`
+    (x, data) -> (U, dU/dx); no derivative in the data."""
+    @jax.custom_vjp
+    def potential(x, data):
+        return value_and_grad(x, data)[0]
+
+    # residual of the forward pass: the gradient itself; None: no cotangent for the data
+    potential.defvjp(value_and_grad, lambda grad, cotangent: (cotangent * grad, None))
+    return potential
 
 
 #: `scipy_objective`'s value for a failed solve

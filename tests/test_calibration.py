@@ -220,6 +220,51 @@ def test_gauss_newton_hessian_is_the_hessian_where_predictions_meet_the_data(toy
                                atol=1e-5 * np.abs(hessian).max())
 
 
+_PARALLEL_CHAINS_SCRIPT = """
+import json, math, sys
+import numpy as np, pandas as pd
+sys.path.insert(0, {tests!r})
+import calibration, pbpk
+from toy_models import TRACER, receptor_toy_model
+import test_calibration as T
+toy = receptor_toy_model()
+schedule = pbpk.Schedule([pbpk.Administration(0.0, 7400.0, 90.0, TRACER)])
+traj = pbpk.simulate(toy, schedule, T.TIMES_H, T.TRUTH)
+rng = np.random.default_rng(1)
+table = pd.DataFrame([dict(patient="p1", modality="NM", tracer="177Lu-PSMA-617", time_h=t, region=r,
+                           activity_mbq=a * math.exp(0.08 * rng.standard_normal()))
+                      for r in T.REGIONS for t, a in zip(T.TIMES_H, np.asarray(traj.activity_mbq[r]))])
+means = {{}}
+for method in ("parallel", "sequential"):
+    post = calibration.fit(toy, table, schedule, "nuts", free=T.FREE, num_warmup=20, num_samples=20, num_chains=2,
+                           chain_method=method, options=T.TEST_SOLVER, seed=0)
+    means[method] = post.summary()["mean"].tolist()
+print(json.dumps(means))
+"""
+
+
+@pytest.mark.slow
+def test_nuts_parallel_chains_run_on_two_host_devices():
+    """chain_method="parallel" (pmap over two host devices) runs the chains through the
+    solve traced into their program (a host callback would deadlock under pmap) and gives
+    the sequential chains' samples (same seed; the two programs differ in rounding only).
+    In a subprocess: the device count is fixed when JAX starts; the timeout turns a hang
+    into a failure."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = str(Path(__file__).resolve().parent)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    proc = subprocess.run([sys.executable, "-c", _PARALLEL_CHAINS_SCRIPT.format(tests=tests)], env=env,
+                          cwd=str(Path(tests).parent), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    means = json.loads(proc.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(means["parallel"], means["sequential"], rtol=1e-5)
+
+
 def test_newton_and_lbfgs_find_the_same_map(toy, table, schedule):
     potential = _Potential(make_problem(toy, table, schedule, free=FREE,
                                         options=dataclasses.replace(TEST_SOLVER, adjoint="forward")), seed=0)
