@@ -32,9 +32,25 @@ def toy():
     return receptor_toy_model()
 
 
+def one_cycle_schedule() -> pbpk.Schedule:
+    """7.4 GBq / 90 nmol of the toy's tracer at 0 h."""
+    return pbpk.Schedule([pbpk.Administration(0.0, 7400.0, 90.0, TRACER)])
+
+
+def noisy_table(trajectory) -> pd.DataFrame:
+    """SPECT rows of REGIONS at TIMES_H from `trajectory` with 8 % log-normal noise (seed 1)."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for region in REGIONS:
+        for t, a in zip(TIMES_H, np.asarray(trajectory.activity_mbq[region])):
+            rows.append(dict(patient="p1", modality="NM", tracer="177Lu-PSMA-617", time_h=t, region=region,
+                             activity_mbq=a * math.exp(0.08 * rng.standard_normal())))
+    return pd.DataFrame(rows)
+
+
 @pytest.fixture(scope="module")
 def schedule():
-    return pbpk.Schedule([pbpk.Administration(0.0, 7400.0, 90.0, TRACER)])
+    return one_cycle_schedule()
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +60,7 @@ def truth_trajectory(toy, schedule):
 
 @pytest.fixture(scope="module")
 def table(truth_trajectory):
-    rng = np.random.default_rng(1)
-    rows = []
-    for region in REGIONS:
-        for t, a in zip(TIMES_H, np.asarray(truth_trajectory.activity_mbq[region])):
-            rows.append(dict(patient="p1", modality="NM", tracer="177Lu-PSMA-617", time_h=t, region=region,
-                             activity_mbq=a * math.exp(0.08 * rng.standard_normal())))
-    return pd.DataFrame(rows)
+    return noisy_table(truth_trajectory)
 
 
 # rtol 1e-4: numerical error three orders below the 8 % noise, and ~1.8x fewer steps than
@@ -221,19 +231,14 @@ def test_gauss_newton_hessian_is_the_hessian_where_predictions_meet_the_data(toy
 
 
 _PARALLEL_CHAINS_SCRIPT = """
-import json, math, sys
-import numpy as np, pandas as pd
+import json, sys
 sys.path.insert(0, {tests!r})
 import calibration, pbpk
-from toy_models import TRACER, receptor_toy_model
+from toy_models import receptor_toy_model
 import test_calibration as T
 toy = receptor_toy_model()
-schedule = pbpk.Schedule([pbpk.Administration(0.0, 7400.0, 90.0, TRACER)])
-traj = pbpk.simulate(toy, schedule, T.TIMES_H, T.TRUTH)
-rng = np.random.default_rng(1)
-table = pd.DataFrame([dict(patient="p1", modality="NM", tracer="177Lu-PSMA-617", time_h=t, region=r,
-                           activity_mbq=a * math.exp(0.08 * rng.standard_normal()))
-                      for r in T.REGIONS for t, a in zip(T.TIMES_H, np.asarray(traj.activity_mbq[r]))])
+schedule = T.one_cycle_schedule()
+table = T.noisy_table(pbpk.simulate(toy, schedule, T.TIMES_H, T.TRUTH))
 means = {{}}
 for method in ("parallel", "sequential"):
     post = calibration.fit(toy, table, schedule, "nuts", free=T.FREE, num_warmup=20, num_samples=20, num_chains=2,
