@@ -22,6 +22,8 @@ Run:  python benchmarks/bench_trial.py [--patients 40] [--schedules 10] [--cycle
           [--chunk 10] [--memory 100 1000]
       python benchmarks/bench_trial.py --draws compare --patients 64 --chunk 32
           (in-process only: a chunk's patients solved in lockstep vs vmapped)
+      python benchmarks/bench_trial.py --padding compare --patients 256 --chunk 32 --lesion-counts 1 2 3
+          (in-process only: a chunk's lesion-count groups padded to a power of two vs the chunk)
 """
 
 from __future__ import annotations
@@ -43,10 +45,15 @@ from twin import runner  # noqa: E402
 from twin.trial import TrialConfig, run_trial, trial_chunk  # noqa: E402
 
 
-def trial_config(patients: int, schedules: int, cycles: int, chunk: int, seed: int = 1) -> TrialConfig:
+def trial_config(patients: int, schedules: int, cycles: int, chunk: int, seed: int = 1,
+                 lesion_counts: list[int] | None = None) -> TrialConfig:
+    """The benchmark's trial; `lesion_counts`: a lesion-count 'choice' (equal weights) in
+    place of the population's fixed 2 lesions."""
     activities = [4000.0 + 6000.0 * k / max(schedules - 1, 1) for k in range(schedules)]
+    population = {} if lesion_counts is None else {"n_lesions": {"distribution": "choice", "values": lesion_counts}}
     return TrialConfig.from_dict({
         "trial": {"patients": patients, "seed": seed, "chunk_size": chunk},
+        "population": population,
         "schedules": [{"name": f"{cycles} x {a / 1000:.2f} GBq", "cycles": cycles, "activity_mbq": a,
                        "ligand_nmol": 100.0, "interval_h": 1008.0} for a in activities],
     })
@@ -83,27 +90,56 @@ def memory_child(patients: int, schedules: int, cycles: int, chunk: int) -> None
 
 def compare_lockstep(args) -> None:
     """In-process trial throughput with each chunk's patients solved in lockstep
-    (`pbpk.batch.solve_batch_lockstep`) and vmapped (`twin.outcomes.LOCKSTEP_MIN_DRAWS`
-    set out of reach), same config, each after its own warm-up chunk; two rounds, medians."""
-    from twin import outcomes
+    (`pbpk.batch.solve_batch_lockstep`) and vmapped (`twin.trial.SOLVE_IN_LOCKSTEP` off),
+    same config, each after its own warm-up chunk; two rounds, medians."""
+    from twin import trial
 
     config = trial_config(args.patients, args.schedules, args.cycles, args.chunk)
     warm = trial_config(args.chunk, args.schedules, args.cycles, args.chunk, seed=2)
     sims = args.patients * args.schedules
     print(f"trial: {args.patients} patients x {args.schedules} schedules x {args.cycles} cycles "
           f"(chunks of {args.chunk}), full PSMA model, in-process; {os.cpu_count()} CPUs")
-    default_min = outcomes.LOCKSTEP_MIN_DRAWS
     times = {"vmapped": [], "lockstep": []}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(2):
-            for mode, min_draws in (("vmapped", 10**9), ("lockstep", 1)):
-                outcomes.LOCKSTEP_MIN_DRAWS = min_draws
+            for mode, in_lockstep in (("vmapped", False), ("lockstep", True)):
+                trial.SOLVE_IN_LOCKSTEP = in_lockstep
                 times[mode].append(timed_run(config, warm, None, Path(tmp) / mode))
-    outcomes.LOCKSTEP_MIN_DRAWS = default_min
+    trial.SOLVE_IN_LOCKSTEP = True
     rate = {mode: sims / statistics.median(t) for mode, t in times.items()}
     for mode, r in rate.items():
         print(f"  {mode:9s} {r:8.2f} simulations/s")
     print(f"  lockstep / vmapped: {rate['lockstep'] / rate['vmapped']:.2f}x")
+
+
+def compare_padding(args) -> None:
+    """In-process trial throughput with a lesion-count 'choice' population (--lesion-counts):
+    each lesion-count group of a chunk padded to the next power of two (`twin.trial.padded_rows`)
+    vs to the whole chunk (what trials did before).  Each mode runs the trial twice: the
+    first run compiles every shape it meets (power-of-two padding meets more of them), the
+    second is timed warm."""
+    from twin import trial
+
+    config = trial_config(args.patients, args.schedules, args.cycles, args.chunk, lesion_counts=args.lesion_counts)
+    sims = args.patients * args.schedules
+    print(f"trial: {args.patients} patients x {args.schedules} schedules x {args.cycles} cycles "
+          f"(chunks of {args.chunk}), lesion counts {args.lesion_counts} (equal weights), full PSMA model, "
+          f"in-process; {os.cpu_count()} CPUs")
+    powers_of_two = trial.padded_rows
+    rates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode, rows in (("whole chunk", lambda n, chunk: chunk), ("power of two", powers_of_two)):
+            trial.padded_rows = rows
+            seconds = []
+            for k in range(2):
+                start = time.perf_counter()
+                run_trial(config, Path(tmp) / f"{mode}-{k}".replace(" ", "_"))
+                seconds.append(time.perf_counter() - start)
+            rates[mode] = sims / seconds[1]
+            print(f"  {mode:13s} first run (with compilation) {seconds[0]:7.1f} s; warm {seconds[1]:7.1f} s, "
+                  f"{rates[mode]:.2f} simulations/s", flush=True)
+    trial.padded_rows = powers_of_two
+    print(f"  power of two / whole chunk, warm: {rates['power of two'] / rates['whole chunk']:.2f}x")
 
 
 def main() -> None:
@@ -117,7 +153,14 @@ def main() -> None:
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--draws", choices=["compare", "auto"], default="auto",
                     help="compare: in-process only, patients of a chunk solved in lockstep vs vmapped")
+    ap.add_argument("--padding", choices=["compare", "auto"], default="auto",
+                    help="compare: in-process only, lesion-count groups padded to a power of two vs the chunk")
+    ap.add_argument("--lesion-counts", type=int, nargs="+", default=[1, 2, 3],
+                    help="lesion counts of the --padding compare population (default 1 2 3)")
     args = ap.parse_args()
+    if args.padding == "compare":
+        compare_padding(args)
+        return
     if args.memory_child is not None:
         memory_child(args.memory_child, args.schedules, args.cycles, args.chunk)
         return

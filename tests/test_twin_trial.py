@@ -14,11 +14,12 @@ import pytest
 
 import dose
 import pbpk
-from twin import runner
+from twin import runner, trial
 from twin.cli import main
 from twin.errors import ConfigError, TwinError
+from twin.outcomes import OutcomeArrays
 from twin.population import patient_parameters
-from twin.trial import TrialConfig, read_table, run_trial, trial_chunk
+from twin.trial import TrialConfig, padded_rows, read_table, run_trial, trial_chunk
 
 MEV_TO_J = 1.602176634e-13
 
@@ -33,6 +34,17 @@ def small_trial(**trial) -> dict:
         "schedules": [SCHEDULE, {**SCHEDULE, "name": "2 x 3.7 GBq", "activity_mbq": 3700.0}],
     }
     return doc
+
+
+def direct_tia_and_volumes(patient: dict, cycles: int) -> tuple[dict, dict]:
+    """One patient's region TIA (MBq h) under `cycles` x 7.4 GBq / 100 nmol and its region
+    volumes (mL), from its own model solved alone (`pbpk.simulate`)."""
+    params = patient_parameters(patient)
+    model = pbpk.psma_model(("Lu-177-PSMA-617",), lesion_volumes_ml=(10.0,) * int(patient["n_lesions"]))
+    schedule = pbpk.Schedule.cycles(cycles, activity_mbq=7400.0, ligand_nmol=100.0, interval_h=1008.0,
+                                    tracer="Lu-177-PSMA-617")
+    traj = pbpk.simulate(model, schedule, np.array([1.0, 24.0]), params)
+    return {r: float(v) for r, v in traj.tia_mbq_h.items()}, pbpk.region_volumes_ml(model, params)
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +67,7 @@ def test_trial_tables_and_one_patient_against_a_direct_simulation(trial_run):
     assert np.unique(np.round(kid, 9)).size == 8
 
     # patient 4, independently: its own model parameters, pbpk.simulate, TIA x Delta_np / mass
-    row = patients[patients.patient_id == 4].iloc[0].to_dict()
-    params = patient_parameters(row)
-    model = pbpk.psma_model(("Lu-177-PSMA-617",), lesion_volumes_ml=(10.0,))
-    schedule = pbpk.Schedule.cycles(2, activity_mbq=7400.0, ligand_nmol=100.0, interval_h=1008.0,
-                                    tracer="Lu-177-PSMA-617")
-    traj = pbpk.simulate(model, schedule, np.array([1.0, 24.0]), params)
-    tia = {r: float(v) for r, v in traj.tia_mbq_h.items()}
-    volumes = pbpk.region_volumes_ml(model, params)
+    tia, volumes = direct_tia_and_volumes(patients[patients.patient_id == 4].iloc[0].to_dict(), cycles=2)
     delta_j_per_mbq_h = dose.nuclide("Lu-177").non_penetrating_mev * MEV_TO_J * 1e6 * 3600.0
     mine = out[(out.patient_id == 4) & (out.schedule == "2 x 7.4 GBq")].set_index("region")
     for region in ("kidneys", "red_marrow", "lesion_1"):
@@ -75,6 +80,46 @@ def test_trial_tables_and_one_patient_against_a_direct_simulation(trial_run):
     half = out[out.schedule == "2 x 3.7 GBq"].set_index(["patient_id", "region"])
     full = out[out.schedule == "2 x 7.4 GBq"].set_index(["patient_id", "region"])
     np.testing.assert_allclose(half["dose_gy"] / full["dose_gy"], 0.5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("n, chunk, rows", [(1, 50, 1), (3, 50, 4), (16, 50, 16), (17, 50, 32), (33, 50, 50),
+                                             (50, 50, 50)])
+def test_a_lesion_count_group_is_padded_to_a_power_of_two_within_the_chunk(n, chunk, rows):
+    assert padded_rows(n, chunk) == rows
+
+
+def test_lesion_count_groups_are_solved_at_their_own_size(monkeypatch):
+    """A chunk of 3 patients with 2, 1 and 1 lesions: the 1-lesion pair is solved as 2 rows
+    and the 2-lesion patient alone (padding each group to the chunk size solved 8 rows), and
+    every patient's outcome row comes from its own parameters.  The solve is replaced by one
+    that returns each row's first parameter as its TIA (the solves themselves are checked
+    against pbpk.simulate above)."""
+    doc = {"trial": {"patients": 3, "seed": 0, "chunk_size": 4, "regions": ["kidneys", "lesion_1"]},
+           "population": {"n_lesions": {"distribution": "choice", "values": [1, 2]}},
+           "schedules": [SCHEDULE]}
+    config = TrialConfig.from_dict(doc)
+    solved = []
+
+    def first_parameter_as_tia(model, parameters, thetas, schedules, operator, radiobiology, **kwargs):
+        thetas = np.asarray(thetas)
+        solved.append((len(model.region_names), len(thetas)))
+        shape = (len(thetas), len(schedules))
+        tia = np.broadcast_to(thetas[:, None, None, 0], shape + (len(model.region_names),))
+        dose_gy = np.broadcast_to(thetas[:, None, None, 0], shape + (len(operator.regions),))
+        return OutcomeArrays(tuple(schedules), tia, dose_gy, dose_gy, np.ones(len(thetas), dtype=bool))
+
+    monkeypatch.setattr(trial, "outcome_arrays", first_parameter_as_tia)
+    tables = trial_chunk(config.to_dict(), 0)
+    patients, out = tables["patients"], tables["outcomes"]
+    assert list(patients["n_lesions"]) == [2, 1, 1]
+    assert [rows for _, rows in solved] == [2, 1] and solved[0][0] < solved[1][0]  # 1 lesion, then 2
+    markers = []
+    for k, row in enumerate(patients.to_dict("records")):
+        params = patient_parameters(row)
+        markers.append(params[sorted(params)[0]])
+        assert out.loc[out.patient_id == k, "tia_mbq_h"].to_numpy() == pytest.approx(markers[-1], rel=1e-15)
+    assert len(set(markers)) == 3  # a row given to the wrong patient would show
+    assert len(out) == 3 * 2
 
 
 def test_summary_matches_the_table(trial_run):

@@ -103,10 +103,11 @@ class Outcomes:
         return out
 
 
-def _bucket(n: int) -> int:
-    """Padded size of a group of n schedules: the next power of two, so an optimiser whose
-    candidate count changes from step to step reuses a few compiled shapes (rows beyond n
-    repeat the last schedule and are dropped)."""
+def bucket_size(n: int) -> int:
+    """Padded size of a group of n >= 1 rows: the next power of two, so a caller whose row
+    count changes from call to call (an optimiser's candidate schedules, a trial chunk's
+    patients of one lesion count) reuses at most log2(max n) + 1 compiled shapes and pads
+    fewer than n rows (the padding repeats a row and is dropped)."""
     return 1 << (n - 1).bit_length()
 
 
@@ -171,7 +172,7 @@ def outcome_arrays(model: pbpk.Model, parameters: Callable, thetas: np.ndarray,
 
     for indices in _group(scheds).values():
         group = [scheds[k] for k in indices]
-        group += [group[-1]] * (_bucket(len(group)) - len(group))  # padded: fewer compiled shapes
+        group += [group[-1]] * (bucket_size(len(group)) - len(group))  # padded: fewer compiled shapes
         grids = np.stack([output_grid_h(s) for s in group])
         arrays = batch_arrays(model, group, grids)
         key = (id(model), schedule_structure(group[0]), options)

@@ -6,7 +6,7 @@ Config (TOML)::
     [trial]
     patients = 1000            # N
     seed = 7                   # the same seed gives the same table, wherever it runs
-    chunk_size = 50            # patients per chunk (bounds memory; one compiled shape)
+    chunk_size = 50            # patients per chunk (bounds memory and the compiled shapes)
     rtol = 1e-4                # solver tolerance (atol = rtol / 1000 of the dose), see below
     regions = ["kidneys", "salivary_glands", "red_marrow", "lesion_1"]   # optional
 
@@ -26,8 +26,9 @@ Config (TOML)::
 
 Model per patient: `pbpk.psma_model` with the schedules' tracers and the patient's lesion
 count, every sampled covariate applied as a parameter override
-(`twin.population.patient_parameters`); one model and one compiled solve per lesion count,
-patients of a chunk padded to `chunk_size` so every chunk reuses it.  Dose: self-dose of
+(`twin.population.patient_parameters`); one model per lesion count, a chunk's patients of
+one lesion count solved together in lockstep, padded to the next power of two (at most
+`chunk_size`; `padded_rows`), so every chunk reuses a few compiled solves.  Dose: self-dose of
 the non-penetrating energy with the patient's own region masses
 (`twin.maps.self_dose_operator` at the reference volumes, scaled per patient by reference
 / patient volume); BED with the Lea-Catcheside factor of the simulated dose rate
@@ -64,9 +65,14 @@ from .configs import integer, no_unknown, number, read_toml, schedule, table
 from .errors import ConfigError, TwinError
 from .limits import DEFAULT_LIMITS, Limit, limits_from_mapping
 from .maps import self_dose_operator
-from .outcomes import outcome_arrays, schedule_nuclide
+from .outcomes import bucket_size, outcome_arrays, schedule_nuclide
 from .patient import default_radiobiology
 from .population import Population, patient_parameters
+
+SOLVE_IN_LOCKSTEP = True
+"""A chunk's patients of one lesion count are solved in lockstep (`pbpk.batch.solve_batch_lockstep`)
+at any group size: 1.7x the vmapped rate with 4 and 8 rows, 1.6x with 32 (2-core CPU,
+`benchmarks/bench_trial.py --draws compare`)."""
 
 MANIFEST = "trial.json"
 TABLES = ("patients", "outcomes")
@@ -237,7 +243,7 @@ def _parsed(config_json: str) -> TrialConfig:
 def trial_chunk(config: Mapping, chunk: int) -> dict[str, pd.DataFrame]:
     """The `patients` and `outcomes` tables of chunk `chunk` of the trial `config` (a
     `TrialConfig.to_dict()`; plain data, so it travels to Dask workers).  Patients of one
-    lesion count are solved together, padded to `chunk_size` rows (one compiled shape)."""
+    lesion count are solved together, padded to `padded_rows` rows (a few compiled shapes)."""
     cfg = _parsed(json.dumps(config, sort_keys=True))
     first = chunk * cfg.chunk_size
     ids = np.arange(first, min(first + cfg.chunk_size, cfg.n_patients))
@@ -257,13 +263,23 @@ def trial_chunk(config: Mapping, chunk: int) -> dict[str, pd.DataFrame]:
         # padding rows are solved with a valid patient's parameters, then blanked
         stand_in = theta[np.argmax(valid)] if valid.any() else np.asarray(ev.parameters_default)
         theta[~valid] = stand_in
-        padded = np.concatenate([theta, np.repeat(stand_in[None, :], cfg.chunk_size - len(theta), axis=0)])
+        rows_solved = padded_rows(len(theta), cfg.chunk_size)
+        padded = np.concatenate([theta, np.repeat(stand_in[None, :], rows_solved - len(theta), axis=0)])
         ratio = ev.reference_ml / np.asarray(ev.volumes(padded))  # self-dose scales with 1 / mass
         out = outcome_arrays(ev.model, ev.parameters, padded, schedules, ev.operator, ev.radiobiology,
-                             dose_scale=ratio, options=cfg.solver_options, cache=ev.cache)
+                             dose_scale=ratio, options=cfg.solver_options, cache=ev.cache,
+                             lockstep=SOLVE_IN_LOCKSTEP and cfg.solver_options.method == "rodas4")
         frames.append(_tidy(group["patient_id"].to_numpy(), out, ev, valid))
     outcomes = pd.concat(frames, ignore_index=True).sort_values(["patient_id", "schedule", "region"], kind="stable")
     return {"patients": patients.assign(model_error=problems), "outcomes": outcomes.reset_index(drop=True)}
+
+
+def padded_rows(n_patients: int, chunk_size: int) -> int:
+    """Rows solved for a chunk's `n_patients` of one lesion count: the next power of two,
+    at most `chunk_size` (`twin.outcomes.bucket_size`).  A chunk of C patients split over K
+    lesion counts then solves fewer than 2 C rows (padding every group to C solved K C), at
+    the cost of at most log2(C) + 1 compiled shapes per lesion count instead of one."""
+    return min(bucket_size(n_patients), chunk_size)
 
 
 def _invalid_patients(ev: _Evaluator, theta: np.ndarray) -> list[str]:
