@@ -400,13 +400,15 @@ def test_train_takes_user_reference_doses_as_nifti_paths(tmp_path):
         c(np.ones((8, 8, 8)), np.ones((8, 8, 8)), voxel_mm=6.0)
 
 
-def test_user_training_data_errors_name_the_field(tmp_path):
-    from dose.corrector import pair_from_reference
+def test_user_training_data_errors_name_the_field(tmp_path, monkeypatch):
+    from dose.corrector import data, pair_from_reference
 
     (tia_p, ct_p, _), *_ = _user_case(tmp_path, 0)
     (_, _, ref_other_grid), *_ = _user_case(tmp_path, 1, spacing_mm=10.0)
-    with pytest.raises(GeometryError, match="reference_gy"):
-        pair_from_reference(tia_p, ct_p, ref_other_grid)
+    with monkeypatch.context() as m:  # refused before the physics dose is computed
+        m.setattr(data, "absorbed_dose", lambda *a, **k: pytest.fail("physics dose computed for a bad input"))
+        with pytest.raises(GeometryError, match="reference_gy"):
+            pair_from_reference(tia_p, ct_p, ref_other_grid)
     missing = str(tmp_path / "nope.nii.gz")
     with pytest.raises(InvalidDoseInputError, match="nope.nii.gz"):
         pair_from_reference(tia_p, ct_p, missing)

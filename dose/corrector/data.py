@@ -69,14 +69,8 @@ def pair_from_reference(tia, ct_hu, reference_gy, voxel_mm=None, *, nuclide: str
     grid = tia if isinstance(tia, sitk.Image) else None
     if voxel_mm is not None:
         voxel_mm = _voxel_tuple(voxel_mm)
-    physics = absorbed_dose(tia, voxel_mm, nuclide, method="density", ct_hu=ct_hu, tia_units=tia_units,
-                            hu_table=hu_table)
-    if grid is not None:
-        voxel = tuple(float(v) for v in grid.GetSpacing()[::-1])
-        physics = sitk.GetArrayFromImage(physics)
-    else:
-        voxel = voxel_mm
-    shape = physics.shape
+    shape = tuple(grid.GetSize()[::-1]) if grid is not None else np.shape(tia)
+    # every input is checked against the TIA grid before the (costly) physics dose
     rho = hu_to_density(_array_on_grid(ct_hu, "ct_hu", grid, shape).astype(np.float64), hu_table)
     ref = _array_on_grid(reference_gy, "reference_gy", grid, shape).astype(np.float64)
     if not np.all(np.isfinite(ref)):
@@ -84,8 +78,13 @@ def pair_from_reference(tia, ct_hu, reference_gy, voxel_mm=None, *, nuclide: str
     if ref.size and ref.min() < -1e-6 * max(ref.max(), 0.0):  # FFT round-off of a kernel dose is allowed
         raise InvalidDoseInputError(f"reference_gy: negative absorbed doses (min {ref.min():.3g} Gy)")
     mask = np.ones(shape, bool) if body is None else _array_on_grid(body, "body", grid, shape) != 0
-    tia_arr = _array_on_grid(tia, "tia", grid, shape).astype(np.float64)
-    tia_arr = tia_arr * TIA_UNITS_TO_MBQ_S[tia_units]
+    physics = absorbed_dose(tia, voxel_mm, nuclide, method="density", density_g_cm3=rho, tia_units=tia_units)
+    if grid is not None:
+        voxel = tuple(float(v) for v in grid.GetSpacing()[::-1])
+        physics = sitk.GetArrayFromImage(physics)
+    else:
+        voxel = voxel_mm
+    tia_arr = _array_on_grid(tia, "tia", grid, shape).astype(np.float64) * TIA_UNITS_TO_MBQ_S[tia_units]
     return {"seed": None, "tia_mbq_s": tia_arr, "density_g_cm3": rho, "physics_gy": np.asarray(physics, float),
             "reference_gy": ref, "body": mask, "voxel_mm": voxel, "nuclide": nuclide}
 
