@@ -2,7 +2,10 @@
 workers (scaling efficiency), and peak memory at two population sizes.
 
 Trial: N virtual patients (twin.population defaults, 2 lesions) x S schedules of C
-cycles each (177Lu-PSMA-617, 100 nmol, every 6 weeks, activities spread over 4-10 GBq),
+cycles each (177Lu-PSMA-617, every 6 weeks, activities spread over 4-10 GBq; --ligand
+fixed: 100 nmol per injection, so the schedules are activity multiples of one another and
+each patient is solved once, the others scaled (`twin.outcomes.activity_multiples`);
+--ligand proportional: 100 nmol per 7.4 GBq, one specific activity, every schedule solved),
 the full single-tracer PSMA model (`pbpk.psma_model`, 106 species with two lesions; the
 MBAM-reduced PSMA model of benchmarks/results/mbam_psma simulates a 6-cycle therapy no
 faster, 0.91x, benchmarks/results/mbam_psma/evaluation.txt), at the trial's default
@@ -19,7 +22,7 @@ solver tolerance (rtol 1e-4).  A simulation = one patient under one schedule.
 * extrapolation: wall time of a 10^5-patient trial at the measured 2-worker rate.
 
 Run:  python benchmarks/bench_trial.py [--patients 40] [--schedules 10] [--cycles 6]
-          [--chunk 10] [--memory 100 1000]
+          [--chunk 10] [--memory 100 1000] [--ligand fixed|proportional]
       python benchmarks/bench_trial.py --draws compare --patients 64 --chunk 32
           (in-process only: a chunk's patients solved in lockstep vs vmapped)
       python benchmarks/bench_trial.py --padding compare --patients 256 --chunk 32 --lesion-counts 1 2 3
@@ -45,17 +48,24 @@ from twin import runner  # noqa: E402
 from twin.trial import TrialConfig, run_trial, trial_chunk  # noqa: E402
 
 
+LIGAND_NMOL = 100.0  # per injection (fixed), or per 7.4 GBq (proportional)
+
+
 def trial_config(patients: int, schedules: int, cycles: int, chunk: int, seed: int = 1,
-                 lesion_counts: list[int] | None = None) -> TrialConfig:
+                 lesion_counts: list[int] | None = None, ligand: str = "fixed") -> TrialConfig:
     """The benchmark's trial; `lesion_counts`: a lesion-count 'choice' (equal weights) in
-    place of the population's fixed 2 lesions."""
+    place of the population's fixed 2 lesions.  ligand "fixed": 100 nmol per injection at
+    every activity (the schedules are activity multiples of the first: one solve per
+    patient, `twin.outcomes.activity_multiples`); "proportional": 100 nmol per 7.4 GBq (one
+    specific activity: every schedule is solved)."""
     activities = [4000.0 + 6000.0 * k / max(schedules - 1, 1) for k in range(schedules)]
     population = {} if lesion_counts is None else {"n_lesions": {"distribution": "choice", "values": lesion_counts}}
+    nmol = {"fixed": lambda a: LIGAND_NMOL, "proportional": lambda a: LIGAND_NMOL * a / 7400.0}[ligand]
     return TrialConfig.from_dict({
         "trial": {"patients": patients, "seed": seed, "chunk_size": chunk},
         "population": population,
         "schedules": [{"name": f"{cycles} x {a / 1000:.2f} GBq", "cycles": cycles, "activity_mbq": a,
-                       "ligand_nmol": 100.0, "interval_h": 1008.0} for a in activities],
+                       "ligand_nmol": nmol(a), "interval_h": 1008.0} for a in activities],
     })
 
 
@@ -94,11 +104,11 @@ def compare_lockstep(args) -> None:
     same config, each after its own warm-up chunk; two rounds, medians."""
     from twin import trial
 
-    config = trial_config(args.patients, args.schedules, args.cycles, args.chunk)
-    warm = trial_config(args.chunk, args.schedules, args.cycles, args.chunk, seed=2)
+    config = trial_config(args.patients, args.schedules, args.cycles, args.chunk, ligand=args.ligand)
+    warm = trial_config(args.chunk, args.schedules, args.cycles, args.chunk, seed=2, ligand=args.ligand)
     sims = args.patients * args.schedules
     print(f"trial: {args.patients} patients x {args.schedules} schedules x {args.cycles} cycles "
-          f"(chunks of {args.chunk}), full PSMA model, in-process; {os.cpu_count()} CPUs")
+          f"(chunks of {args.chunk}), ligand {args.ligand}, full PSMA model, in-process; {os.cpu_count()} CPUs")
     times = {"vmapped": [], "lockstep": []}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(2):
@@ -120,7 +130,8 @@ def compare_padding(args) -> None:
     second is timed warm."""
     from twin import trial
 
-    config = trial_config(args.patients, args.schedules, args.cycles, args.chunk, lesion_counts=args.lesion_counts)
+    config = trial_config(args.patients, args.schedules, args.cycles, args.chunk, lesion_counts=args.lesion_counts,
+                          ligand=args.ligand)
     sims = args.patients * args.schedules
     print(f"trial: {args.patients} patients x {args.schedules} schedules x {args.cycles} cycles "
           f"(chunks of {args.chunk}), lesion counts {args.lesion_counts} (equal weights), full PSMA model, "
@@ -157,6 +168,9 @@ def main() -> None:
                     help="compare: in-process only, lesion-count groups padded to a power of two vs the chunk")
     ap.add_argument("--lesion-counts", type=int, nargs="+", default=[1, 2, 3],
                     help="lesion counts of the --padding compare population (default 1 2 3)")
+    ap.add_argument("--ligand", choices=["fixed", "proportional"], default="fixed",
+                    help="fixed: 100 nmol per injection (activity multiples: one solve per patient); "
+                         "proportional: 100 nmol per 7.4 GBq (every schedule solved)")
     args = ap.parse_args()
     if args.padding == "compare":
         compare_padding(args)
@@ -168,11 +182,12 @@ def main() -> None:
         compare_lockstep(args)
         return
 
-    config = trial_config(args.patients, args.schedules, args.cycles, args.chunk)
-    warm = trial_config(args.chunk, args.schedules, args.cycles, args.chunk, seed=2)
+    config = trial_config(args.patients, args.schedules, args.cycles, args.chunk, ligand=args.ligand)
+    warm = trial_config(args.chunk, args.schedules, args.cycles, args.chunk, seed=2, ligand=args.ligand)
     sims = args.patients * args.schedules
     print(f"trial: {args.patients} patients x {args.schedules} schedules x {args.cycles} cycles "
-          f"(chunks of {args.chunk}), full PSMA model; {os.cpu_count()} CPUs")
+          f"(chunks of {args.chunk}), ligand {args.ligand} ({LIGAND_NMOL:g} nmol "
+          f"{'per injection' if args.ligand == 'fixed' else 'per 7.4 GBq'}), full PSMA model; {os.cpu_count()} CPUs")
     rates, chunk_rates = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

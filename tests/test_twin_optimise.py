@@ -20,7 +20,7 @@ import pbpk
 from twin.errors import TwinError
 from twin.limits import DEFAULT_LIMITS, Limit, limits_for_regions, limits_from_mapping
 from twin.optimise import optimise_schedule
-from twin.outcomes import Outcomes
+from twin.outcomes import Outcomes, activity_multiples
 
 N_DRAWS = 401
 P = 0.95
@@ -295,3 +295,17 @@ def test_default_limits_and_mapping():
     with pytest.raises(TwinError, match="quantity"):
         Limit("kidneys", "dose", 1.0, "x")
     assert isinstance(run(kidney_bound_twin(), limits=DEFAULT_LIMITS).constraints, pd.DataFrame)
+
+
+def test_activity_multiples_need_the_same_times_tracers_and_ligand_amounts():
+    """Schedules scaled from an earlier one: same times, tracers and ligand amounts, every
+    activity times one factor; carrier-free schedules (total ligand follows the activity)
+    and other ligand amounts, times or activity ratios are solved themselves."""
+    def two(a1, a2, nmol=100.0, gap=1008.0):
+        return pbpk.Schedule([pbpk.Administration(0.0, a1, nmol), pbpk.Administration(gap, a2, nmol)])
+
+    schedules = [two(7400.0, 6000.0), two(3700.0, 3000.0), two(7400.0, 7400.0), two(3700.0, 3700.0),
+                 two(3700.0, 3000.0, nmol=50.0), two(3700.0, 3000.0, gap=1200.0), two(3700.0, 3000.0, nmol=None),
+                 two(7400.0, 6000.0, nmol=None), two(11100.0, 9000.0)]
+    assert activity_multiples(schedules) == [(0, 1.0), (0, 0.5), (2, 1.0), (2, 0.5), (4, 1.0), (5, 1.0), (6, 1.0),
+                                             (7, 1.0), (0, 1.5)]

@@ -16,6 +16,10 @@ For draws theta_d (d = 1..n) and schedules k = 1..m of one nuclide:
                  (`dose.metrics.g_factor_sampled`, tail at the physical decay rate);
                  cycles weeks apart add up automatically (repair between them is complete).
 
+With `scale_activity`, a schedule that is another with every activity times f (same times,
+tracers and ligand amounts; `activity_multiples`) is not solved: TIA_k = f TIA_r,
+D_k = f D_r and G_k = G_r, exact where labelled and unlabelled ligand share their kinetics.
+
 Draws whose solve fails for any schedule of a group are dropped and counted.
 """
 
@@ -111,6 +115,38 @@ def bucket_size(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
+def activity_multiples(schedules: Sequence[pbpk.Schedule]) -> list[tuple[int, float]]:
+    """Per schedule k: (r, f) with schedule k = schedule r with every activity times f,
+    r <= k the first such schedule (r = k, f = 1 for a schedule solved itself).
+
+    Multiples share the injection times, tracers and total ligand amounts (nmol) of every
+    administration, none carrier-free (`ligand_nmol` given) and no activity zero.  In a
+    model whose labelled and unlabelled forms of a ligand share their kinetics (physical
+    decay turning one into the other), such as `pbpk.psma_model`, the total ligand then
+    follows the same course and the labelled fraction scales with f: A_k(t) = f A_r(t)
+    exactly, so TIA and dose scale with f and the Lea-Catcheside factor G of the dose rate
+    is the same.  (Carrier-free schedules are excluded: their total ligand scales with the
+    activity, which saturable binding does not follow linearly.)"""
+    def key(s: pbpk.Schedule):
+        if any(a.ligand_nmol is None or a.activity_mbq <= 0 for a in s):
+            return None
+        return tuple((a.time_h, a.tracer.name, a.ligand_nmol) for a in s)
+
+    keys = [key(s) for s in schedules]
+    activities = [np.array([a.activity_mbq for a in s]) for s in schedules]
+    out: list[tuple[int, float]] = []
+    for k in range(len(schedules)):
+        match = (k, 1.0)
+        for r in range(k):
+            if keys[k] is not None and out[r][0] == r and keys[r] == keys[k]:
+                f = activities[k][0] / activities[r][0]
+                if np.allclose(activities[k], f * activities[r], rtol=1e-12, atol=0.0):
+                    match = (r, float(f))
+                    break
+        out.append(match)
+    return out
+
+
 def _group(schedules: Sequence[pbpk.Schedule]) -> dict[tuple, list[int]]:
     groups: dict[tuple, list[int]] = {}
     for k, s in enumerate(schedules):
@@ -136,9 +172,13 @@ def outcome_arrays(model: pbpk.Model, parameters: Callable, thetas: np.ndarray,
                    schedules: Mapping[str, pbpk.Schedule], operator: DoseOperator,
                    radiobiology: Mapping[str, metrics.Radiobiology], *, dose_scale: np.ndarray | None = None,
                    options: pbpk.SolverOptions = pbpk.SolverOptions(), cache: dict | None = None,
-                   lockstep: bool | None = None) -> OutcomeArrays:
+                   lockstep: bool | None = None, scale_activity: bool = False) -> OutcomeArrays:
     """Outcomes of every schedule for every draw, failed draws kept and flagged (see
     `simulate_outcomes` for the arguments).
+
+    scale_activity: solve only one of the schedules that differ by a common factor on their
+      activities (`activity_multiples`) and scale its outcomes; only for models whose
+      labelled and unlabelled ligand share their kinetics (`pbpk.psma_model`).
 
     lockstep: solve the draws in lockstep (True), vmapped (False), or lockstep from
       `LOCKSTEP_MIN_DRAWS` draws on (None).  A failed lockstep solve is redone vmapped.
@@ -166,11 +206,14 @@ def outcome_arrays(model: pbpk.Model, parameters: Callable, thetas: np.ndarray,
         raise TwinError(f"dose_scale: expected finite values of shape {(n_draws, n_dose)}, got {scale.shape}")
     tia = np.zeros((n_draws, n_sched, n_model))
     dose_gy = np.zeros((n_draws, n_sched, n_dose))
-    bed = np.full((n_draws, n_sched, n_dose), np.nan)
+    g_factor = np.full((n_draws, n_sched, n_dose), np.nan)  # NaN: no LQ parameters
     ok_all = np.ones(n_draws, dtype=bool)
     s_matrix = operator.matrix
+    multiples = activity_multiples(scheds) if scale_activity else [(k, 1.0) for k in range(n_sched)]
+    solved = [k for k, (r, _) in enumerate(multiples) if r == k]
 
-    for indices in _group(scheds).values():
+    for members in _group([scheds[k] for k in solved]).values():
+        indices = [solved[m] for m in members]
         group = [scheds[k] for k in indices]
         group += [group[-1]] * (bucket_size(len(group)) - len(group))  # padded: fewer compiled shapes
         grids = np.stack([output_grid_h(s) for s in group])
@@ -203,10 +246,13 @@ def outcome_arrays(model: pbpk.Model, parameters: Callable, thetas: np.ndarray,
             rate = np.einsum("drt,qr->dqt", activity[:, g], s_matrix)  # Gy/h per dose region (unscaled)
             for j, region in enumerate(operator.regions):
                 lq = radiobiology.get(region)
-                if lq is None:
-                    continue
-                g_factor = metrics.g_factor_sampled(grids[g], rate[:, j], lq.repair_rate_per_h, lam_phys)
-                bed[:, k, j] = dose_gy[:, k, j] + g_factor * dose_gy[:, k, j] ** 2 / lq.alpha_beta_gy
+                if lq is not None:
+                    g_factor[:, k, j] = metrics.g_factor_sampled(grids[g], rate[:, j], lq.repair_rate_per_h, lam_phys)
+    for k, (r, f) in enumerate(multiples):  # schedule k = schedule r with f times the activities
+        tia[:, k], dose_gy[:, k], g_factor[:, k] = f * tia[:, r], f * dose_gy[:, r], g_factor[:, r]
+    alpha_beta_gy = np.array([radiobiology[r].alpha_beta_gy if r in radiobiology else np.nan
+                              for r in operator.regions])
+    bed = dose_gy + g_factor * dose_gy ** 2 / alpha_beta_gy
     return OutcomeArrays(names, tia, dose_gy, bed, ok_all)
 
 

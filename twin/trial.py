@@ -26,7 +26,10 @@ Config (TOML)::
 
 Model per patient: `pbpk.psma_model` with the schedules' tracers and the patient's lesion
 count, every sampled covariate applied as a parameter override
-(`twin.population.patient_parameters`); one model per lesion count, a chunk's patients of
+(`twin.population.patient_parameters`); schedules that differ from another only by a
+common factor on their activities (same times and ligand amounts) are not solved again but
+scaled (`twin.outcomes.activity_multiples`: hot and cold ligand share their kinetics in
+`pbpk.psma_model`); one model per lesion count, a chunk's patients of
 one lesion count solved together in lockstep, padded to the next power of two (at most
 `chunk_size`; `padded_rows`), so every chunk reuses a few compiled solves.  Dose: self-dose of
 the non-penetrating energy with the patient's own region masses
@@ -268,7 +271,8 @@ def trial_chunk(config: Mapping, chunk: int) -> dict[str, pd.DataFrame]:
         ratio = ev.reference_ml / np.asarray(ev.volumes(padded))  # self-dose scales with 1 / mass
         out = outcome_arrays(ev.model, ev.parameters, padded, schedules, ev.operator, ev.radiobiology,
                              dose_scale=ratio, options=cfg.solver_options, cache=ev.cache,
-                             lockstep=SOLVE_IN_LOCKSTEP and cfg.solver_options.method == "rodas4")
+                             lockstep=SOLVE_IN_LOCKSTEP and cfg.solver_options.method == "rodas4",
+                             scale_activity=True)
         frames.append(_tidy(group["patient_id"].to_numpy(), out, ev, valid))
     outcomes = pd.concat(frames, ignore_index=True).sort_values(["patient_id", "schedule", "region"], kind="stable")
     return {"patients": patients.assign(model_error=problems), "outcomes": outcomes.reset_index(drop=True)}
