@@ -202,8 +202,8 @@ def main() -> None:
     for label, r in (("end to end", rates), ("chunks only", chunk_rates)):
         print(f"  scaling 2 workers / 1 worker, {label}: {r['2 worker(s)'] / r['1 worker(s)']:.2f}x "
               f"(target >= 1.8x); in-process / 1 worker: {r['in-process'] / r['1 worker(s)']:.2f}x")
-    hours = 1e5 * args.schedules / rates["2 worker(s)"] / 3600
-    print(f"  10^5 patients x {args.schedules} schedules at the 2-worker rate: {hours:.1f} h "
+    minutes = 1e5 * args.schedules / rates["2 worker(s)"] / 60
+    print(f"  10^5 patients x {args.schedules} schedules at the 2-worker rate: {minutes:.1f} min "
           "(target 15 min with a reduced model)")
 
     for n in args.memory:

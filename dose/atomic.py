@@ -2,7 +2,8 @@
 the destination (same suffix, so SimpleITK and pydicom pick the format from it), which
 is then renamed onto the destination (`os.replace`).  A reader sees the old file or the
 complete new one; when the writer raises, the temporary file is removed and the
-destination is untouched."""
+destination is untouched.  The file gets the permissions of a normally created file (0666
+less the umask), not the private 0600 of a temporary file."""
 from __future__ import annotations
 
 import os
@@ -21,6 +22,9 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,7 +1,9 @@
 """Atomic output: write to a temporary name in the destination folder, then rename.
 
 A reader never sees a half-written file or series: either the old content (or nothing)
-or the complete new one.  On any exception the temporary file / folder is removed.
+or the complete new one.  On any exception the temporary file / folder is removed.  The
+result gets the permissions of a normally created file or folder (0666 / 0777 less the
+umask), not the private 0600 / 0700 of a temporary one.
 """
 
 from __future__ import annotations
@@ -11,6 +13,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+
+def _created_mode(full: int) -> int:
+    """`full` (0o666 for a file, 0o777 for a folder) less the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return full & ~umask
 
 
 def _suffix(path: Path) -> str:
@@ -29,6 +38,7 @@ def atomic_file(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _created_mode(0o666))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -47,6 +57,7 @@ def atomic_folder(folder: str | os.PathLike, overwrite: bool = False):
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         yield tmp
+        os.chmod(tmp, _created_mode(0o777))
         if folder.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
             os.replace(folder, old / "x")

@@ -63,6 +63,18 @@ def test_nifti_output_keeps_values_geometry_and_metadata(tmp_path):
     assert "Lu-177" in back.GetMetaData("descrip") and "multi_kernel" in back.GetMetaData("descrip")
 
 
+def test_outputs_get_the_permissions_of_a_normally_created_file(tmp_path):
+    """Written through a temporary file (mkstemp: 0600), renamed with 0666 less the umask."""
+    _, image = _dose_image()
+    old = os.umask(0o022)
+    try:
+        nifti = write_nifti(tmp_path / "dose.nii.gz", image, nuclide="Lu-177", method="kernel")
+        rtdose = write_rtdose(tmp_path / "dose.dcm", image, nuclide="Lu-177", method="kernel")
+    finally:
+        os.umask(old)
+    assert [oct(p.stat().st_mode & 0o777) for p in (nifti, rtdose)] == ["0o644", "0o644"]
+
+
 def test_numpy_input_and_bad_values(tmp_path):
     dose = np.ones((3, 4, 5))
     back = read_rtdose(write_rtdose(tmp_path / "a.dcm", dose, nuclide="Lu-177", method="local", voxel_mm=(2.0, 3.0, 4.0)))

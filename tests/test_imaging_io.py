@@ -304,3 +304,22 @@ def test_nm_negative_slice_spacing(tmp_path):
         p = scan.image.TransformIndexToPhysicalPoint(idx)
         assert back.image[back.image.TransformPhysicalPointToIndex(p)] == scan.image[idx]
     assert a.sum() == pytest.approx(sitk.GetArrayFromImage(scan.image).sum())
+
+
+def test_atomic_outputs_get_the_permissions_of_normally_created_ones(tmp_path):
+    """mkstemp / mkdtemp make private (0600 / 0700) temporaries; the renamed results get
+    0666 / 0777 less the umask, like files and folders created directly."""
+    import os
+
+    from imaging.atomic import atomic_file, atomic_folder
+
+    old = os.umask(0o027)
+    try:
+        with atomic_file(tmp_path / "table.csv") as tmp:
+            tmp.write_text("a\n1\n")
+        with atomic_folder(tmp_path / "series") as folder:
+            (folder / "x.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "table.csv").stat().st_mode & 0o777) == "0o640"
+    assert oct((tmp_path / "series").stat().st_mode & 0o777) == "0o750"

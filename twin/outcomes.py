@@ -172,13 +172,18 @@ def outcome_arrays(model: pbpk.Model, parameters: Callable, thetas: np.ndarray,
                    schedules: Mapping[str, pbpk.Schedule], operator: DoseOperator,
                    radiobiology: Mapping[str, metrics.Radiobiology], *, dose_scale: np.ndarray | None = None,
                    options: pbpk.SolverOptions = pbpk.SolverOptions(), cache: dict | None = None,
-                   lockstep: bool | None = None, scale_activity: bool = False) -> OutcomeArrays:
+                   lockstep: bool | None = None, scale_activity: bool = False,
+                   pad_schedules: bool = True) -> OutcomeArrays:
     """Outcomes of every schedule for every draw, failed draws kept and flagged (see
     `simulate_outcomes` for the arguments).
 
     scale_activity: solve only one of the schedules that differ by a common factor on their
       activities (`activity_multiples`) and scale its outcomes; only for models whose
       labelled and unlabelled ligand share their kinetics (`pbpk.psma_model`).
+    pad_schedules: pad each group of schedules solved together to `bucket_size` (a caller
+      whose schedule count changes between calls, e.g. an optimiser, then reuses a few
+      compiled shapes); False for a caller with one fixed set (a trial), which then solves
+      no padding.
 
     lockstep: solve the draws in lockstep (True), vmapped (False), or lockstep from
       `LOCKSTEP_MIN_DRAWS` draws on (None).  A failed lockstep solve is redone vmapped.
@@ -215,7 +220,8 @@ def outcome_arrays(model: pbpk.Model, parameters: Callable, thetas: np.ndarray,
     for members in _group([scheds[k] for k in solved]).values():
         indices = [solved[m] for m in members]
         group = [scheds[k] for k in indices]
-        group += [group[-1]] * (bucket_size(len(group)) - len(group))  # padded: fewer compiled shapes
+        if pad_schedules:  # fewer compiled shapes
+            group += [group[-1]] * (bucket_size(len(group)) - len(group))
         grids = np.stack([output_grid_h(s) for s in group])
         arrays = batch_arrays(model, group, grids)
         key = (id(model), schedule_structure(group[0]), options)

@@ -272,7 +272,7 @@ def trial_chunk(config: Mapping, chunk: int) -> dict[str, pd.DataFrame]:
         out = outcome_arrays(ev.model, ev.parameters, padded, schedules, ev.operator, ev.radiobiology,
                              dose_scale=ratio, options=cfg.solver_options, cache=ev.cache,
                              lockstep=SOLVE_IN_LOCKSTEP and cfg.solver_options.method == "rodas4",
-                             scale_activity=True)
+                             scale_activity=True, pad_schedules=False)
         frames.append(_tidy(group["patient_id"].to_numpy(), out, ev, valid))
     outcomes = pd.concat(frames, ignore_index=True).sort_values(["patient_id", "schedule", "region"], kind="stable")
     return {"patients": patients.assign(model_error=problems), "outcomes": outcomes.reset_index(drop=True)}
