@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -295,12 +295,22 @@ class CompiledModel:
         p = jnp.asarray(self.default_parameters)
         if not overrides:
             return p
-        unknown = sorted(set(overrides) - set(self.parameter_index))
+        vals = jnp.stack([jnp.asarray(v, dtype=jnp.float64) for v in overrides.values()])
+        return p.at[self._parameter_indices(overrides)].set(vals)
+
+    def parameter_vectors(self, names: Sequence[str], values: np.ndarray) -> np.ndarray:
+        """Concrete default parameter vectors (n_sets, n_parameters), numpy, with the
+        parameters `names` set to the columns of `values` (n_sets, len(names)): many
+        concrete sets at once, without a JAX update per set."""
+        vectors = np.tile(np.asarray(self.default_parameters, dtype=np.float64), (len(values), 1))
+        vectors[:, self._parameter_indices(names)] = values
+        return vectors
+
+    def _parameter_indices(self, names) -> np.ndarray:
+        unknown = sorted(set(names) - set(self.parameter_index))
         if unknown:
             raise ParameterError(f"model {self.model.name!r} has no parameters {unknown}")
-        idx = np.array([self.parameter_index[n] for n in overrides])
-        vals = jnp.stack([jnp.asarray(v, dtype=jnp.float64) for v in overrides.values()])
-        return p.at[idx].set(vals)
+        return np.array([self.parameter_index[n] for n in names])
 
     @cached_property
     def _checked_quantities(self) -> Callable:

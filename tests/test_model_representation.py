@@ -109,3 +109,18 @@ def test_sparse_jacobian_with_non_polynomial_rates_equals_autodiff():
     assert not np.any((jac != 0) & ~c.jacobian_pattern)
     s = jnp.asarray(c.stoichiometry)
     np.testing.assert_allclose(kin.field(y0), s @ c.rates(y0, p, c.assignments(p)), rtol=1e-12)
+
+
+def test_parameter_vectors_equal_one_parameter_vector_per_set(lu_model):
+    """Many concrete sets at once (numpy) equal `parameter_vector` set by set; an unknown
+    name is refused the same way."""
+    c = compile_model(lu_model)
+    names = [lu_model.parameters[0].name, lu_model.parameters[-1].name]
+    defaults = np.array([c.default_parameters[c.parameter_index[n]] for n in names])
+    values = np.stack([defaults * 1.1, defaults * 0.9])
+    vectors = c.parameter_vectors(names, values)
+    assert vectors.shape == (2, len(lu_model.parameters))
+    for row, v in zip(vectors, values):
+        np.testing.assert_array_equal(row, np.asarray(c.parameter_vector(dict(zip(names, v)))))
+    with pytest.raises(pbpk.ParameterError, match="no parameters"):
+        c.parameter_vectors(["not_a_parameter"], values[:, :1])

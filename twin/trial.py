@@ -289,16 +289,11 @@ def padded_rows(n_patients: int, chunk_size: int) -> int:
 def _invalid_patients(ev: _Evaluator, theta: np.ndarray) -> list[str]:
     """Per patient: "" when its parameters are valid for the model (bounds, positive
     volumes and flows: `CompiledModel.check_parameters`), else the reason.  The parameter
-    vectors are set in numpy (the values are concrete; JAX's per-row updates cost a third
-    of a chunk's time)."""
+    vectors are set in numpy (`CompiledModel.parameter_vectors`; JAX's per-row updates cost
+    a third of a chunk's time)."""
     compiled = compile_model(ev.model)
-    unknown = [n for n in ev.names if n not in compiled.parameter_index]
-    if unknown:
-        raise pbpk.ParameterError(f"model {ev.model.name!r} has no parameters {unknown}")
-    vectors = np.tile(np.asarray(compiled.default_parameters, dtype=np.float64), (len(theta), 1))
-    vectors[:, [compiled.parameter_index[n] for n in ev.names]] = theta
     out = []
-    for p in vectors:
+    for p in compiled.parameter_vectors(ev.names, theta):
         try:
             compiled.check_parameters(p)
             out.append("")
