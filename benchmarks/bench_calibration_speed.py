@@ -28,12 +28,16 @@ comparison) and NUTS (``--chains`` x (``--nuts-warmup`` + ``--nuts-samples``) se
 chains, then twice as many iterations, after a first call of the shorter length that
 compiles what all runs share).  Each NUTS call compiles its own loop, so the cost of an
 iteration is the difference of the two timed runs over the difference of their lengths
-(compilation cancels; it covers later warm-up and sampling iterations).  NUTS at the
-issue's size: 4 x (500 + 1000) iterations, two chains at a time on the two cores
-(``chain_method="parallel"``), so projected = 4 x 1500 x s/iteration / 2.
+(compilation cancels; it covers later warm-up and sampling iterations); NUTS runs as
+`fit` runs it by default (fixed Laplace metric, target acceptance 0.8).  Projected at the
+issue's size: 4 x (200 + 1000) iterations (200: `fit`'s default warm-up), two chains at a
+time on the two cores, so projected = 4 x 1200 x s/iteration / 2.  --nuts-full runs that
+size instead of projecting it: 4 vectorised chains, whose batched potential calls run
+each chain's compiled solve on the two cores at once (`calibration.potential`).
 
 Run:  .venv/bin/python benchmarks/bench_calibration_speed.py [--models reduced full]
-          [--nuts-warmup 30] [--nuts-samples 30] [--chains 1] [--svi-steps 2000]
+          [--nuts-warmup 30] [--nuts-samples 30] [--chains 1] [--svi-steps 2000] [--nuts-full]
+          [--rtol R --atol A]
 Measured: see benchmarks/results/bench_calibration_speed_cpu.txt.
 """
 
@@ -42,6 +46,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+# programs run inline on the calling thread: the vectorised chains' batched potential calls
+# then run their chains' solves on both cores (`calibration.potential`)
+os.environ.setdefault("JAX_CPU_ENABLE_ASYNC_DISPATCH", "false")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
@@ -70,7 +77,8 @@ PET_H, SPECT_H = (1.0,), (4.0, 24.0, 96.0)
 REGIONS = ("kidneys", "salivary_glands", "liver", "spleen", "lesion_1", "lesion_2")
 SIGMA_LOG = {"PT": 0.05, "NM": 0.10}
 OFFSET_LOG = 0.3
-ISSUE_CHAINS, ISSUE_WARMUP, ISSUE_SAMPLES, CORES = 4, 500, 1000, 2
+ISSUE_CHAINS, ISSUE_SAMPLES, CORES = 4, 1000, 2
+ISSUE_WARMUP = fit_module.default_warmup("laplace")  # `fit`'s default with its fixed Laplace metric
 TYPICAL_LEAPFROG_STEPS = 7  # tree depth 3: a short trajectory for a well-conditioned posterior
 
 
@@ -108,7 +116,8 @@ def timed(fn):
 def run(name: str, model: pbpk.Model, free: list[str], args) -> list[dict]:
     """Rows (model, phase, seconds, note) of one patient's fits (module doc)."""
     table = virtual_table(model, free)
-    options = dataclasses.replace(calibration.CALIBRATION_SOLVER, adjoint="forward")
+    options = dataclasses.replace(calibration.CALIBRATION_SOLVER, adjoint="forward",
+                                  **{k: v for k, v in (("rtol", args.rtol), ("atol", args.atol)) if v is not None})
     rows = []
 
     def row(phase, seconds, note=""):
@@ -166,7 +175,7 @@ def run(name: str, model: pbpk.Model, free: list[str], args) -> list[dict]:
             num_samples=scale * args.nuts_samples, num_chains=args.chains, chain_method="sequential"))
 
     iterations = args.chains * (args.nuts_warmup + args.nuts_samples)
-    (_, t_nuts_first), (_, t_nuts), ((_, stats2), t_nuts2) = nuts(1), nuts(1), nuts(2)
+    (_, t_nuts_first), (_, t_nuts), ((_, stats2, _), t_nuts2) = nuts(1), nuts(1), nuts(2)
     steps = float(np.mean(stats2["num_steps"])) if "num_steps" in stats2 else float("nan")
     per_iteration = (t_nuts2 - t_nuts) / iterations
     row(f"NUTS: {args.chains} x ({args.nuts_warmup} + {args.nuts_samples}), first call", t_nuts_first,
@@ -180,7 +189,30 @@ def run(name: str, model: pbpk.Model, free: list[str], args) -> list[dict]:
     row(f"NUTS projected, {TYPICAL_LEAPFROG_STEPS} leapfrog steps per iteration", ISSUE_CHAINS * (
         ISSUE_WARMUP + ISSUE_SAMPLES) * TYPICAL_LEAPFROG_STEPS * float(np.median(grads)) / CORES,
         "a leapfrog step = one gradient; lower estimate (short warm-ups run longer trajectories)")
+    if args.nuts_full:
+        nuts_at_issue_size(potential, x_map, cov if positive else None, key, row)
     return rows
+
+
+def nuts_at_issue_size(potential, x_map, inverse_mass, key, row) -> None:
+    """`fit`'s NUTS as it runs by default (fixed Laplace metric, step size adapted over
+    `default_warmup` iterations, target acceptance 0.8) with ISSUE_CHAINS x ISSUE_SAMPLES
+    draws after warm-up, the chains vectorised (one batched host call per leapfrog step,
+    its chains' solves on the cores at once): wall time including NumPyro's compilation of
+    its sampler loop (the solve's program is reused), leapfrog steps and diagnostics."""
+    import arviz as az
+
+    warmup = fit_module.default_warmup("laplace")
+    (samples, stats, adapted), seconds = timed(lambda: fit_module.run_nuts(
+        potential, x_map, inverse_mass, key, 0, num_warmup=warmup, num_samples=ISSUE_SAMPLES,
+        num_chains=ISSUE_CHAINS, chain_method="vectorized"))
+    data = az.from_dict(posterior={k: v for k, v in samples.items() if k in ("theta", "error_scale")})
+    r_hat = float(max(float(v.max()) for v in az.rhat(data).data_vars.values()))
+    ess = float(min(float(v.min()) for v in az.ess(data, method="bulk").data_vars.values()))
+    row(f"NUTS {ISSUE_CHAINS} x ({warmup} + {ISSUE_SAMPLES}), vectorised, {CORES} cores", seconds,
+        f"measured end to end; {np.mean(stats['num_steps']):.1f} leapfrog steps per draw (max over chains "
+        f"paid), step sizes {np.array2string(adapted.step_size, precision=2)}, max R-hat {r_hat:.3f}, "
+        f"min bulk ESS {ess:.0f}, divergences {int(np.sum(stats['diverging']))}; target <= 120 s on the reduced model")
 
 
 def main(argv=None) -> int:
@@ -190,6 +222,11 @@ def main(argv=None) -> int:
     ap.add_argument("--nuts-samples", type=int, default=30)
     ap.add_argument("--chains", type=int, default=1)
     ap.add_argument("--svi-steps", type=int, default=2000, help="most SVI steps (`fit`'s default)")
+    ap.add_argument("--nuts-full", action="store_true",
+                    help=f"also run NUTS at the issue's size ({ISSUE_CHAINS} chains x {ISSUE_SAMPLES} draws after "
+                         f"`fit`'s default warm-up, vectorised chains), end to end")
+    ap.add_argument("--rtol", type=float, default=None, help="solver rtol (default: calibration.CALIBRATION_SOLVER)")
+    ap.add_argument("--atol", type=float, default=None, help="solver atol (default: calibration.CALIBRATION_SOLVER)")
     ap.add_argument("--csv", type=Path, default=None, help="also write the rows to this CSV file")
     args = ap.parse_args(argv)
     free = json.loads((REDUCTION / "free.json").read_text())

@@ -326,8 +326,9 @@ _DERIVED = ("theta", "population_median", "solver_ok")
 
 
 def fit_cohort(model: pbpk.Model, table: pd.DataFrame, schedules, method: str = "nuts", *, free=None,
-               seed: int = 0, num_warmup: int = 500, num_samples: int = 1000, num_chains: int = 4,
-               chain_method: str = "sequential", svi_steps: int = 2000, svi_learning_rate: float = 0.01,
+               seed: int = 0, num_warmup: int | None = None, num_samples: int = 1000, num_chains: int = 4,
+               chain_method: str = "sequential", nuts_metric: str = "laplace", target_accept: float = 0.8,
+               svi_steps: int = 2000, svi_learning_rate: float = 0.01,
                em_max_iter: int = 50, options: pbpk.SolverOptions = CALIBRATION_SOLVER,
                fixed: Mapping[str, Mapping[str, float]] | None = None,
                error_scales: Mapping[str, float] | None = None) -> "CohortPosterior":
@@ -343,7 +344,7 @@ def fit_cohort(model: pbpk.Model, table: pd.DataFrame, schedules, method: str = 
     error_scales: error-scale prior medians by group name (as `calibration.fit`).
     Returns a `CohortPosterior`.
     """
-    check_method(method, svi_steps, svi_learning_rate)
+    check_method(method, svi_steps, svi_learning_rate, nuts_metric, target_accept)
     # forward-mode derivatives through the solve for every method (as `fit`)
     cohort = make_cohort_problem(model, table, schedules, free=free,
                                  options=dataclasses.replace(options, adjoint="forward"), fixed=fixed,
@@ -356,7 +357,8 @@ def fit_cohort(model: pbpk.Model, table: pd.DataFrame, schedules, method: str = 
     omega[potential.positions("omega")] = True
     samples, chains, stats = draw_posterior(potential, x_map, method, info, seed=seed, num_warmup=num_warmup,
                                             num_samples=num_samples, num_chains=num_chains,
-                                            chain_method=chain_method, svi_steps=svi_steps,
+                                            chain_method=chain_method, nuts_metric=nuts_metric,
+                                            target_accept=target_accept, svi_steps=svi_steps,
                                             svi_learning_rate=svi_learning_rate, laplace_fixed=omega)
     return CohortPosterior.from_draws(cohort, method, samples, chains=chains, info=info, sample_stats=stats)
 

@@ -13,18 +13,32 @@ reduced PSMA model; `find_map`):
 * ``svi``: `numpyro.infer.autoguide.AutoMultivariateNormal` over the flat unconstrained
   vector, started from the Laplace approximation (MAP, Gauss-Newton Hessian), Adam steps
   until the ELBO stops improving (at most ``svi_steps``; `calibration.svi`);
-* ``nuts`` (default): NumPyro NUTS on the same flat potential and gradient, dense mass
-  matrix (warm-up starts from the Laplace covariance), target acceptance 0.9, chains
-  started at the MAP with a small jitter.
+* ``nuts`` (default): NumPyro NUTS on the same flat potential and gradient, chains
+  started at the MAP with a small jitter, target acceptance 0.8 (``target_accept``).  Its
+  metric (inverse mass matrix, dense) is by default the Laplace covariance H^-1, held
+  fixed: warm-up then adapts the step size only (``nuts_metric="laplace"``; default
+  warm-up 200 iterations, enough for NumPyro's step-size windows, whose last 50
+  iterations set the final step size).  ``nuts_metric="adapt"`` runs NumPyro's windowed
+  metric adaptation from the Laplace covariance instead (default warm-up 500).  On the
+  reduced PSMA model (15 parameters + 4 error scales) the fixed Laplace metric gave the
+  larger step size (0.39 vs 0.28 at target 0.9, 13 vs 15 leapfrog steps per draw; at
+  target 0.8: 0.73, 7 steps; benchmarks/bench_calibration_speed.py); a Hessian that is not
+  positive definite at the MAP falls back to adaptation (``info["nuts_metric"]``).
 
 Derivatives through the ODE solve are forward mode (diffrax ``ForwardMode``) for every
 method, one tangent per free parameter only (`_Potential`): with a handful of free
 parameters this avoids the checkpointed reverse pass (measured ~1.4x faster per gradient
-on the test model); SVI's ELBO gradient gets it through the potential's custom VJP.  Chains run ``sequential`` by default (on a CPU
-  ``parallel`` needs ``numpyro.set_host_device_count(n)`` before JAX starts; pass
-  ``chain_method="parallel"`` then; its chains trace the solve into their own program, a
-  second compilation, where the other modes call the compiled one; ``vectorized`` is the
-  option for a GPU).
+on the test model); SVI's ELBO gradient gets it through the potential's custom VJP.
+
+Chains (``chain_method``): ``sequential`` (default) runs them one after the other on one
+core; ``vectorized`` advances all chains together, each leapfrog step one batched call of
+the compiled potential whose chains' solves run on the host's cores at once
+(`calibration.potential`; 2.0x on two cores per call, less the steps a chain with a
+shorter trajectory waits for the others), when JAX's CPU client runs programs inline
+(``JAX_CPU_ENABLE_ASYNC_DISPATCH=false`` in the environment before JAX starts; with JAX's
+default asynchronous dispatch the solves run one after the other); ``parallel`` (pmap; on a CPU it needs
+``numpyro.set_host_device_count(n)`` before JAX starts) traces the solve into the
+chains' own program, a second compilation, where the other modes call the compiled one.
 
 All randomness comes from ``seed``; the same call gives the same samples.
 """
@@ -32,7 +46,7 @@ All randomness comes from ``seed``; the same call gives the same samples.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +68,7 @@ from .svi import check_settings as check_svi_settings
 from .priors import ERROR_SCALE_MEDIANS, FreeParameter, error_scale_medians, resolve_free_parameters
 
 METHODS = ("nuts", "svi", "laplace")
+NUTS_METRICS = ("laplace", "adapt")
 _FD_STEP = 1e-4
 #: |dU/dx| below which a trust-region stop for lack of predicted improvement counts as
 #: converged (the solver's tolerance limits the gradient's precision); with posterior sds
@@ -229,8 +244,9 @@ def laplace_covariance(potential: ChainRulePotential, x_map: np.ndarray, *,
 
 
 def fit(model: pbpk.Model, table: pd.DataFrame, schedule, method: str = "nuts", *, free=None,
-        patient: str | None = None, seed: int = 0, num_warmup: int = 500, num_samples: int = 1000,
-        num_chains: int = 4, chain_method: str = "sequential", svi_steps: int = 2000,
+        patient: str | None = None, seed: int = 0, num_warmup: int | None = None, num_samples: int = 1000,
+        num_chains: int = 4, chain_method: str = "sequential", nuts_metric: str = "laplace",
+        target_accept: float = 0.8, svi_steps: int = 2000,
         svi_learning_rate: float = 0.01, options: pbpk.SolverOptions = CALIBRATION_SOLVER,
         separate_ligands: bool = False, fixed: Mapping[str, float] | None = None,
         error_scales: Mapping[str, float] | None = None) -> Posterior:
@@ -246,9 +262,12 @@ def fit(model: pbpk.Model, table: pd.DataFrame, schedule, method: str = "nuts", 
       (`fixed_parameters`).
     error_scales: prior medians of the proportional error scales by group name (ERROR_GROUPS),
       replacing the published defaults for the groups given (`error_scale_prior`).
+    nuts_metric, target_accept, num_warmup (NUTS): "laplace" (fixed Laplace metric) or
+      "adapt", NUTS's target acceptance probability in (0, 1), warm-up iterations per
+      chain (default `default_warmup(nuts_metric)`); see the module docstring.
     Returns a `Posterior` with `num_samples` draws per chain (Laplace and SVI: one chain).
     """
-    check_method(method, svi_steps, svi_learning_rate)
+    check_method(method, svi_steps, svi_learning_rate, nuts_metric, target_accept)
     # forward-mode derivatives through the solve (few parameters, no checkpointed reverse
     # pass) for every method: SVI's ELBO reaches the solve through the chain-rule gradient
     options = dataclasses.replace(options, adjoint="forward")
@@ -259,28 +278,44 @@ def fit(model: pbpk.Model, table: pd.DataFrame, schedule, method: str = "nuts", 
     info = {"map_unconstrained": x_map, "map_iterations": int(opt.nit), "map_success": bool(opt.success)}
     samples, chains, stats = draw_posterior(potential, x_map, method, info, seed=seed, num_warmup=num_warmup,
                                             num_samples=num_samples, num_chains=num_chains,
-                                            chain_method=chain_method, svi_steps=svi_steps,
+                                            chain_method=chain_method, nuts_metric=nuts_metric,
+                                            target_accept=target_accept, svi_steps=svi_steps,
                                             svi_learning_rate=svi_learning_rate,
                                             gauss_newton_at_map=getattr(opt, "hess", None))
     return Posterior.from_draws(problem, method, samples, chains=chains, info=info, sample_stats=stats)
 
 
-def check_method(method: str, svi_steps, svi_learning_rate) -> None:
-    """CalibrationError for an unknown `method`, or for SVI settings `run_svi` cannot
-    use, before any work starts (`fit`, `fit_cohort`)."""
+def check_method(method: str, svi_steps, svi_learning_rate, nuts_metric="laplace", target_accept=0.8) -> None:
+    """CalibrationError for an unknown `method`, or for SVI or NUTS settings the samplers
+    cannot use, before any work starts (`fit`, `fit_cohort`)."""
     if method not in METHODS:
         raise CalibrationError(f"method {method!r}; expected one of {METHODS}")
     if method == "svi":
         check_svi_settings(svi_steps, svi_learning_rate)
+    if method == "nuts":
+        if nuts_metric not in NUTS_METRICS:
+            raise CalibrationError(f"nuts_metric {nuts_metric!r}; expected one of {NUTS_METRICS}")
+        if not (isinstance(target_accept, (int, float)) and 0.0 < target_accept < 1.0):
+            raise CalibrationError(f"target_accept = {target_accept!r}; expected a number in (0, 1)")
+
+
+def default_warmup(nuts_metric: str) -> int:
+    """NUTS warm-up iterations per chain when the caller gives none: 200 with the fixed
+    Laplace metric (NumPyro's windows 0-74, 75-99, 100-149, 150-199 restart the step-size
+    adaptation at each window end; the last 50 iterations set the step size, as for any
+    longer warm-up), 500 with metric adaptation."""
+    return 200 if nuts_metric == "laplace" else 500
 
 
 def draw_posterior(potential: ChainRulePotential, x_map: np.ndarray, method: str, info: dict, *, seed: int,
-                   num_warmup: int, num_samples: int, num_chains: int, chain_method: str, svi_steps: int,
+                   num_warmup: int | None, num_samples: int, num_chains: int, chain_method: str,
+                   nuts_metric: str, target_accept: float, svi_steps: int,
                    svi_learning_rate: float, laplace_fixed: np.ndarray | None = None,
                    gauss_newton_at_map: np.ndarray | None = None):
     """Posterior draws by `method` from the optimiser's point `x_map`: Laplace (Gaussian,
     coordinates in `laplace_fixed` held at x_map), SVI or NUTS (its warm-up mass matrix the
-    full Laplace covariance).  gauss_newton_at_map: H_GN at x_map where the MAP search
+    full Laplace covariance: fixed, or where adaptation starts, by `nuts_metric`; warm-up
+    `num_warmup` or `default_warmup`).  gauss_newton_at_map: H_GN at x_map where the MAP search
     already has it (SVI's start; else evaluated here).  Adds diagnostics to `info`;
     returns (constrained samples, number of chains, NUTS sample statistics or None)."""
     key = jax.random.PRNGKey(seed)
@@ -295,8 +330,13 @@ def draw_posterior(potential: ChainRulePotential, x_map: np.ndarray, method: str
     info["hessian_positive_definite"] = positive
     if method == "laplace":
         return laplace_draws(potential, x_map, cov, num_samples, seed), 1, None
-    samples, stats = run_nuts(potential, x_map, cov if positive else None, key, seed, num_warmup=num_warmup,
-                              num_samples=num_samples, num_chains=num_chains, chain_method=chain_method)
+    metric = nuts_metric if positive else "adapt"
+    info["nuts_metric"] = metric if positive else "adapt (the Laplace Hessian is not positive definite)"
+    samples, stats, adapted = run_nuts(potential, x_map, cov if positive else None, key, seed,
+                              num_warmup=default_warmup(metric) if num_warmup is None else num_warmup,
+                              num_samples=num_samples, num_chains=num_chains, chain_method=chain_method,
+                              adapt_metric=metric == "adapt", target_accept=target_accept)
+    info["nuts_step_size"] = adapted.step_size
     return samples, num_chains, stats
 
 
@@ -324,17 +364,31 @@ def laplace_scale_tril(potential: ChainRulePotential, x_map: np.ndarray,
     return np.linalg.cholesky(np.linalg.inv(hess))
 
 
+class NutsAdaptation(NamedTuple):
+    """What NUTS's warm-up left for sampling, per chain: ``step_size`` (chain,) and the
+    dense ``inverse_mass`` (chain, d, d) (the Laplace covariance itself when it was held
+    fixed)."""
+
+    step_size: np.ndarray
+    inverse_mass: np.ndarray
+
+
 def run_nuts(potential: ChainRulePotential, x_map: np.ndarray, inverse_mass, key, seed: int, *, num_warmup: int,
-             num_samples: int, num_chains: int, chain_method: str) -> tuple[dict, dict]:
+             num_samples: int, num_chains: int, chain_method: str, adapt_metric: bool = False,
+             target_accept: float = 0.8) -> tuple[dict, dict, NutsAdaptation]:
     """NUTS on the flat potential with its chain-rule gradient, chains started at the MAP
-    with a small jitter; warm-up starts from `inverse_mass` (the Laplace covariance, same
-    flat order: ravel_pytree and NumPyro both sort the site names), so its early,
-    unadapted trajectories are short (NumPyro's windowed adaptation then replaces it).
-    Returns constrained samples (chain, draw, ...) and the sample statistics."""
+    with a small jitter.  inverse_mass: the dense metric (the Laplace covariance, same flat
+    order: ravel_pytree and NumPyro both sort the site names), held fixed unless
+    `adapt_metric` (then NumPyro's windowed adaptation starts from it, so its early,
+    unadapted trajectories are short); None: adapted from the identity.
+    Returns constrained samples (chain, draw, ...), the sample statistics (chain, draw)
+    and the warm-up's result: `NutsAdaptation` (per chain)."""
     # under pmap ("parallel") the solve is traced into the chains' program (a host callback
     # would deadlock there: `ChainRulePotential.differentiable_in_data`)
-    kernel = NUTS(potential_fn=potential.differentiable(in_graph=chain_method == "parallel"), dense_mass=True, target_accept_prob=0.9,
-                  max_tree_depth=8, inverse_mass_matrix=None if inverse_mass is None else jnp.asarray(inverse_mass))
+    kernel = NUTS(potential_fn=potential.differentiable(in_graph=chain_method == "parallel"), dense_mass=True,
+                  target_accept_prob=target_accept, max_tree_depth=8,
+                  inverse_mass_matrix=None if inverse_mass is None else jnp.asarray(inverse_mass),
+                  adapt_mass_matrix=adapt_metric or inverse_mass is None)
     mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                 chain_method=chain_method, progress_bar=False)
     jitter = 0.05 * np.random.default_rng(seed).standard_normal((num_chains, x_map.size))
@@ -346,4 +400,7 @@ def run_nuts(potential: ChainRulePotential, x_map: np.ndarray, inverse_mass, key
     sites = potential.constrained_draws(jnp.asarray(flat.reshape(-1, flat.shape[-1])))
     samples = {k: np.asarray(v).reshape(flat.shape[:2] + np.shape(v)[1:]) for k, v in sites.items()}
     stats = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
-    return samples, stats
+    adapted = mcmc.last_state.adapt_state
+    return samples, stats, NutsAdaptation(
+        step_size=np.asarray(adapted.step_size, dtype=float).reshape(num_chains),
+        inverse_mass=np.asarray(adapted.inverse_mass_matrix, dtype=float).reshape(num_chains, x_map.size, x_map.size))

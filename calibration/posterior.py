@@ -128,15 +128,17 @@ class SampleDiagnostics:
             msgs.append(f"{d['failed_solve_fraction']:.1%} of draws have failed solves (loosen rtol, raise "
                         f"max_steps, or tighten the priors)")
         if self.method == "nuts":
+            # a fixed Laplace metric suits a near-Gaussian posterior; else adapt it
+            adapt = ", or nuts_metric='adapt'" if self.info.get("nuts_metric") == "laplace" else ""
             if self.n_chains > 1 and not d["max_r_hat"] < MAX_R_HAT:
                 msgs.append(f"not converged: max R-hat {d['max_r_hat']:.3f} >= {MAX_R_HAT} (run longer warm-up "
-                            f"or more samples)")
+                            f"or more samples{adapt})")
             if d["min_ess_bulk"] < MIN_ESS_BULK:
                 msgs.append(f"low effective sample size: min bulk ESS {d['min_ess_bulk']:.0f} < {MIN_ESS_BULK} "
-                            f"(draw more samples)")
+                            f"(draw more samples{adapt})")
             if d["divergences"]:
-                msgs.append(f"{d['divergences']} divergent transitions (raise target_accept_prob, reparameterise "
-                            f"or fix fewer parameters)")
+                msgs.append(f"{d['divergences']} divergent transitions (raise target_accept, reparameterise "
+                            f"or fix fewer parameters{adapt})")
         if self.method == "svi" and not self.info.get("svi_converged", True):
             steps, gain = self.info["svi_steps_run"], self.info["svi_elbo_descent_per_window"]
             msgs.append(f"SVI not converged: {steps} steps, too few to check (at least {3 * WINDOW}); raise svi_steps"

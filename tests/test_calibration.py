@@ -16,7 +16,7 @@ import pytest
 
 import calibration
 import pbpk
-from calibration.fit import _Potential, find_map, make_problem
+from calibration.fit import _Potential, find_map, laplace_covariance, make_problem, run_nuts
 from calibration.svi import WINDOW, elbo_converged
 from toy_models import TRACER, receptor_toy_model
 
@@ -100,6 +100,7 @@ def test_nuts_diagnostics(fits):
     assert d["divergences"] == 0
     assert d["max_r_hat"] < 1.05  # short test chains; `converged` uses 1.01 and ESS >= 400
     assert d["failed_solve_fraction"] == 0.0
+    assert post.info["nuts_metric"] == "laplace" and np.all(np.asarray(post.info["nuts_step_size"]) > 0)
     data = post.to_arviz()
     assert set(data.posterior.data_vars) == set(post.parameter_samples())
     assert data.posterior["kidneys_rden_nmol_l"].shape == (2, 150)
@@ -203,6 +204,12 @@ def test_chain_rule_gradient_equals_the_full_forward_mode_gradient(toy, table, s
         direct = potential.value_and_grad(v)
         assert float(batched[0][k]) == pytest.approx(float(direct[0]), rel=1e-12)
         np.testing.assert_allclose(np.asarray(batched[1][k]), np.asarray(direct[1]), rtol=1e-12, atol=1e-12)
+    # nested batches (every element's program run on the host's cores at once)
+    grid = jnp.stack([jnp.stack([x, x + 0.1]), jnp.stack([x - 0.1, x + 0.2])])
+    nested = jax.jit(jax.vmap(jax.vmap(jax.value_and_grad(u))))(grid)
+    direct = potential.value_and_grad(grid[1, 0])
+    assert nested[1].shape == grid.shape and float(nested[0][1, 0]) == pytest.approx(float(direct[0]), rel=1e-12)
+    np.testing.assert_allclose(np.asarray(nested[1][1, 0]), np.asarray(direct[1]), rtol=1e-12, atol=1e-12)
 
 
 def test_gauss_newton_hessian_is_the_hessian_where_predictions_meet_the_data(toy, schedule, truth_trajectory):
@@ -240,7 +247,7 @@ toy = receptor_toy_model()
 schedule = T.one_cycle_schedule()
 table = T.noisy_table(pbpk.simulate(toy, schedule, T.TIMES_H, T.TRUTH))
 means = {{}}
-for method in ("parallel", "sequential"):
+for method in ("parallel", "sequential", "vectorized"):
     post = calibration.fit(toy, table, schedule, "nuts", free=T.FREE, num_warmup=20, num_samples=20, num_chains=2,
                            chain_method=method, options=T.TEST_SOLVER, seed=0)
     means[method] = post.summary()["mean"].tolist()
@@ -252,7 +259,8 @@ print(json.dumps(means))
 def test_nuts_parallel_chains_run_on_two_host_devices():
     """chain_method="parallel" (pmap over two host devices) runs the chains through the
     solve traced into their program (a host callback would deadlock under pmap) and gives
-    the sequential chains' samples (same seed; the two programs differ in rounding only).
+    the sequential chains' samples (same seed; the two programs differ in rounding only),
+    as do the vectorised chains.
     In a subprocess: the device count is fixed when JAX starts; the timeout turns a hang
     into a failure."""
     import json
@@ -262,12 +270,17 @@ def test_nuts_parallel_chains_run_on_two_host_devices():
     from pathlib import Path
 
     tests = str(Path(__file__).resolve().parent)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    # programs inline (no asynchronous dispatch): the vectorised chains' batched potential
+    # calls run their solves on two threads at once
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_CPU_ENABLE_ASYNC_DISPATCH="false")
     proc = subprocess.run([sys.executable, "-c", _PARALLEL_CHAINS_SCRIPT.format(tests=tests)], env=env,
                           cwd=str(Path(tests).parent), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     means = json.loads(proc.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(means["parallel"], means["sequential"], rtol=1e-5)
+    # vectorised chains: one batched host call per leapfrog step, its chains' programs run
+    # on the host's cores at once (the compiled solve reused; same samples)
+    np.testing.assert_allclose(means["vectorized"], means["sequential"], rtol=1e-5)
 
 
 def test_newton_and_lbfgs_find_the_same_map(toy, table, schedule):
@@ -282,6 +295,23 @@ def test_newton_and_lbfgs_find_the_same_map(toy, table, schedule):
     from calibration.fit import laplace_scale_tril
     np.testing.assert_allclose(laplace_scale_tril(potential, x_newton, res_newton.hess),
                                laplace_scale_tril(potential, x_newton), rtol=1e-10, atol=1e-12)
+
+
+def test_nuts_holds_the_laplace_metric_or_adapts_it(toy, table, schedule):
+    """run_nuts with the Laplace covariance: held fixed (the warm-up adapts the step size
+    only), or the start of NumPyro's windowed adaptation (adapt_metric)."""
+    potential = _Potential(make_problem(toy, table, schedule, free=FREE,
+                                        options=dataclasses.replace(TEST_SOLVER, adjoint="forward")), seed=0)
+    x_map, _ = find_map(potential, newton=True)
+    cov, positive = laplace_covariance(potential, x_map)
+    assert positive
+    settings = dict(num_warmup=40, num_samples=10, num_chains=1, chain_method="sequential")
+    _, stats, fixed = run_nuts(potential, x_map, cov, jax.random.PRNGKey(0), 0, **settings)
+    _, _, adapted = run_nuts(potential, x_map, cov, jax.random.PRNGKey(0), 0, adapt_metric=True, **settings)
+    np.testing.assert_array_equal(fixed.inverse_mass[0], cov)
+    assert np.max(np.abs(adapted.inverse_mass[0] - cov)) > 1e-2 * np.max(np.abs(cov))
+    assert fixed.step_size.shape == (1,) and 0 < fixed.step_size[0] < 10
+    assert stats["num_steps"].shape == (1, 10)
 
 
 # ------------------------------------------------------------------ bad input
@@ -307,6 +337,10 @@ def test_bad_fit_arguments(toy, table, schedule):
     for steps, rate, match in ((0, 0.01, "svi_steps"), (2.5, 0.01, "svi_steps"), (100, -0.1, "svi_learning_rate")):
         with pytest.raises(calibration.CalibrationError, match=match):
             calibration.fit(toy, table, schedule, method="svi", svi_steps=steps, svi_learning_rate=rate)
+    for settings, match in ((dict(nuts_metric="diagonal"), "nuts_metric"), (dict(target_accept=1.0), "target_accept"),
+                            (dict(target_accept="high"), "target_accept")):
+        with pytest.raises(calibration.CalibrationError, match=match):
+            calibration.fit(toy, table, schedule, method="nuts", **settings)
     with pytest.raises(calibration.CalibrationError, match="not a parameter"):
         make_problem(toy, table, schedule, free=["kidney_rden"])
     with pytest.raises(calibration.CalibrationError, match="sigma_log"):
