@@ -35,8 +35,9 @@ core; ``vectorized`` advances all chains together, each leapfrog step one batche
 the compiled potential whose chains' solves run on the host's cores at once
 (`calibration.potential`; 2.0x on two cores per call, less the steps a chain with a
 shorter trajectory waits for the others), when JAX's CPU client runs programs inline
-(``JAX_CPU_ENABLE_ASYNC_DISPATCH=false`` in the environment before JAX starts; with JAX's
-default asynchronous dispatch the solves run one after the other); ``parallel`` (pmap; on a CPU it needs
+(``jax.config.update("jax_cpu_enable_async_dispatch", False)`` before JAX's first
+computation; with JAX's default asynchronous dispatch the solves run one after the
+other); ``parallel`` (pmap; on a CPU it needs
 ``numpyro.set_host_device_count(n)`` before JAX starts) traces the solve into the
 chains' own program, a second compilation, where the other modes call the compiled one.
 

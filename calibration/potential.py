@@ -232,10 +232,9 @@ def _host_pool() -> ThreadPoolExecutor:
     """Threads (one per usable core) that run a batch's compiled programs at once: JAX
     releases the GIL while a program runs (2 threads give 2.0x on 2 cores).  From inside
     a host callback that holds only while JAX's CPU client runs programs inline on the
-    calling thread (``JAX_CPU_ENABLE_ASYNC_DISPATCH=false`` in the environment, or
-    ``jax.config.update("jax_cpu_enable_async_dispatch", False)`` before JAX's first
-    computation); with asynchronous dispatch (JAX's default) the programs queue on one
-    execution thread and run one after the other, as without threads."""
+    calling thread (``jax.config.update("jax_cpu_enable_async_dispatch", False)`` before
+    JAX's first computation); with asynchronous dispatch (JAX's default) the programs
+    queue on one execution thread and run one after the other, as without threads."""
     global _POOL
     if _POOL is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -239,6 +239,10 @@ def test_gauss_newton_hessian_is_the_hessian_where_predictions_meet_the_data(toy
 
 _PARALLEL_CHAINS_SCRIPT = """
 import json, sys
+import jax
+# programs inline (no asynchronous dispatch), set before JAX's first computation: the
+# vectorised chains' batched potential calls run their solves on two threads at once
+jax.config.update("jax_cpu_enable_async_dispatch", False)
 sys.path.insert(0, {tests!r})
 import calibration, pbpk
 from toy_models import receptor_toy_model
@@ -270,9 +274,7 @@ def test_nuts_parallel_chains_run_on_two_host_devices():
     from pathlib import Path
 
     tests = str(Path(__file__).resolve().parent)
-    # programs inline (no asynchronous dispatch): the vectorised chains' batched potential
-    # calls run their solves on two threads at once
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_CPU_ENABLE_ASYNC_DISPATCH="false")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     proc = subprocess.run([sys.executable, "-c", _PARALLEL_CHAINS_SCRIPT.format(tests=tests)], env=env,
                           cwd=str(Path(tests).parent), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
