@@ -32,12 +32,12 @@ iteration is the difference of the two timed runs over the difference of their l
 `fit` runs it by default (fixed Laplace metric, target acceptance 0.8).  Projected at the
 issue's size: 4 x (200 + 1000) iterations (200: `fit`'s default warm-up), two chains at a
 time on the two cores, so projected = 4 x 1200 x s/iteration / 2.  --nuts-full runs that
-size instead of projecting it: 4 vectorised chains, whose batched potential calls run
-each chain's compiled solve on the two cores at once (`calibration.potential`).
+size instead of projecting it: 4 chains in parallel (pmap over 4 host devices on the two
+cores).
 
 Run:  .venv/bin/python benchmarks/bench_calibration_speed.py [--models reduced full]
           [--nuts-warmup 30] [--nuts-samples 30] [--chains 1] [--svi-steps 2000] [--nuts-full]
-          [--rtol R --atol A]
+          [--compare-metrics] [--rtol R --atol A]
 Measured: see benchmarks/results/bench_calibration_speed_cpu.txt.
 """
 
@@ -45,7 +45,11 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+# 4 host devices: --nuts-full runs the 4 chains in parallel (pmap, one thread per device,
+# on the 2 cores); every other phase uses one device
+# (XLA stops reading its flags at the first word that is not one: the device count first)
+os.environ["XLA_FLAGS"] = " ".join(["--xla_force_host_platform_device_count=4", "--xla_cpu_multi_thread_eigen=false",
+                                    os.environ.get("XLA_FLAGS", "")])
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
@@ -58,10 +62,6 @@ from pathlib import Path  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-# programs run inline on the calling thread (set before JAX's first computation): the
-# vectorised chains' batched potential calls then run their solves on both cores at once
-# (`calibration.potential`)
-jax.config.update("jax_cpu_enable_async_dispatch", False)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -193,29 +193,45 @@ def run(name: str, model: pbpk.Model, free: list[str], args) -> list[dict]:
         "a leapfrog step = one gradient; lower estimate (short warm-ups run longer trajectories)")
     if args.nuts_full:
         nuts_at_issue_size(potential, x_map, cov if positive else None, key, row)
+    if args.compare_metrics and positive:
+        compare_metrics(potential, x_map, cov, key, row)
     return rows
 
 
 def nuts_at_issue_size(potential, x_map, inverse_mass, key, row) -> None:
     """`fit`'s NUTS as it runs by default (fixed Laplace metric, step size adapted over
     `default_warmup` iterations, target acceptance 0.8) with ISSUE_CHAINS x ISSUE_SAMPLES
-    draws after warm-up, the chains vectorised (one batched host call per leapfrog step,
-    its chains' solves on the cores at once): wall time including NumPyro's compilation of
-    its sampler loop (the solve's program is reused), leapfrog steps and diagnostics."""
+    draws after warm-up, the chains in parallel (``chain_method="parallel"``: pmap over 4
+    host devices, two cores): wall time including the compilation of the chains' program
+    (the solve traced into it), leapfrog steps and diagnostics."""
     import arviz as az
 
     warmup = fit_module.default_warmup("laplace")
     (samples, stats, adapted), seconds = timed(lambda: fit_module.run_nuts(
         potential, x_map, inverse_mass, key, 0, num_warmup=warmup, num_samples=ISSUE_SAMPLES,
-        num_chains=ISSUE_CHAINS, chain_method="vectorized"))
+        num_chains=ISSUE_CHAINS, chain_method="parallel"))
     data = az.from_dict(posterior={k: v for k, v in samples.items() if k in ("theta", "error_scale")})
     r_hat = float(max(float(v.max()) for v in az.rhat(data).data_vars.values()))
     ess = float(min(float(v.min()) for v in az.ess(data, method="bulk").data_vars.values()))
-    inline = not jax.config.read("jax_cpu_enable_async_dispatch")
-    row(f"NUTS {ISSUE_CHAINS} x ({warmup} + {ISSUE_SAMPLES}), vectorised, {CORES if inline else 1} core(s)", seconds,
+    row(f"NUTS {ISSUE_CHAINS} x ({warmup} + {ISSUE_SAMPLES}), parallel, {CORES} cores", seconds,
         f"measured end to end; {np.mean(stats['num_steps']):.1f} leapfrog steps per draw, "
-        f"{np.mean(np.max(stats['num_steps'], axis=0)):.1f} for the longest of the chains (what they all wait for), step sizes {np.array2string(adapted.step_size, precision=2)}, max R-hat {r_hat:.3f}, "
+        f"step sizes {np.array2string(adapted.step_size, precision=2)}, max R-hat {r_hat:.3f}, "
         f"min bulk ESS {ess:.0f}, divergences {int(np.sum(stats['diverging']))}; target <= 120 s on the reduced model")
+
+
+def compare_metrics(potential, x_map, cov, key, row, samples: int = 200) -> None:
+    """One chain of `samples` draws per NUTS metric at `fit`'s default warm-up and target
+    acceptance 0.8 and 0.9: the fixed Laplace metric against NumPyro's windowed adaptation
+    started from it (leapfrog steps per draw and step size: what a draw costs)."""
+    for target in (0.8, 0.9):
+        for metric in fit_module.NUTS_METRICS:
+            warmup = fit_module.default_warmup(metric)
+            (_, stats, adapted), seconds = timed(lambda: fit_module.run_nuts(
+                potential, x_map, cov, key, 0, num_warmup=warmup, num_samples=samples, num_chains=1,
+                chain_method="sequential", adapt_metric=metric == "adapt", target_accept=target))
+            row(f"NUTS metric {metric}, target {target}: 1 x ({warmup} + {samples})", seconds,
+                f"{np.mean(stats['num_steps']):.1f} leapfrog steps per draw, step size {adapted.step_size[0]:.3f}, "
+                f"divergences {int(np.sum(stats['diverging']))}")
 
 
 def main(argv=None) -> int:
@@ -227,7 +243,9 @@ def main(argv=None) -> int:
     ap.add_argument("--svi-steps", type=int, default=2000, help="most SVI steps (`fit`'s default)")
     ap.add_argument("--nuts-full", action="store_true",
                     help=f"also run NUTS at the issue's size ({ISSUE_CHAINS} chains x {ISSUE_SAMPLES} draws after "
-                         f"`fit`'s default warm-up, vectorised chains), end to end")
+                         f"`fit`'s default warm-up, parallel chains), end to end")
+    ap.add_argument("--compare-metrics", action="store_true",
+                    help="also run one chain per NUTS metric (fixed Laplace / adapted) and target acceptance")
     ap.add_argument("--rtol", type=float, default=None, help="solver rtol (default: calibration.CALIBRATION_SOLVER)")
     ap.add_argument("--atol", type=float, default=None, help="solver atol (default: calibration.CALIBRATION_SOLVER)")
     ap.add_argument("--csv", type=Path, default=None, help="also write the rows to this CSV file")

@@ -30,16 +30,12 @@ method, one tangent per free parameter only (`_Potential`): with a handful of fr
 parameters this avoids the checkpointed reverse pass (measured ~1.4x faster per gradient
 on the test model); SVI's ELBO gradient gets it through the potential's custom VJP.
 
-Chains (``chain_method``): ``sequential`` (default) runs them one after the other on one
-core; ``vectorized`` advances all chains together, each leapfrog step one batched call of
-the compiled potential whose chains' solves run on the host's cores at once
-(`calibration.potential`; 2.0x on two cores per call, less the steps a chain with a
-shorter trajectory waits for the others), when JAX's CPU client runs programs inline
-(``jax.config.update("jax_cpu_enable_async_dispatch", False)`` before JAX's first
-computation; with JAX's default asynchronous dispatch the solves run one after the
-other); ``parallel`` (pmap; on a CPU it needs
-``numpyro.set_host_device_count(n)`` before JAX starts) traces the solve into the
-chains' own program, a second compilation, where the other modes call the compiled one.
+Chains run ``sequential`` by default (on a CPU ``parallel`` needs
+``numpyro.set_host_device_count(n)`` before JAX starts; pass ``chain_method="parallel"``
+then; its chains trace the solve into their own program, a second compilation, where the
+other modes call the compiled one; ``vectorized`` is the option for a GPU: on a CPU its
+chains' solves run one after the other, and every chain waits for the longest
+trajectory).
 
 All randomness comes from ``seed``; the same call gives the same samples.
 """

@@ -32,9 +32,7 @@ ones), so Newton steps on H_GN head downhill where the error scales are near the
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, NamedTuple
 
 import jax
@@ -172,36 +170,21 @@ class ChainRulePotential:
                     return compiled_value_and_grad(x, data)
             return _with_gradient_as_vjp(traced_value_and_grad)
 
-        def one(x, data):
+        def host_value_and_grad(x, data):
             # the program compiled for direct calls: numpy arguments (the callback's are
-            # committed to a device) and no default device (JAX sets one for callbacks,
-            # thread by thread); either would be a new jit cache key and a second compilation
-            with jax.default_device(None):
+            # committed to a device) and no default device (JAX sets one for callbacks);
+            # either would be a new jit cache key and a second compilation
+            x, data = np.asarray(x), jax.tree_util.tree_map(np.asarray, data)
+            with numpyro.handlers.block(), jax.default_device(None):  # block: as in `value_and_grad`
                 value, grad = compiled_value_and_grad(x, data)
             return np.asarray(value, dtype=np.float64), np.asarray(grad, dtype=np.float64)
 
-        def host_value_and_grad(x, data):
-            x, data = np.asarray(x), jax.tree_util.tree_map(np.asarray, data)
-            with numpyro.handlers.block():  # as in `value_and_grad`
-                if x.ndim == 1:
-                    return one(x, data)
-                # a batch (vmapped caller, e.g. vectorised chains; every argument broadcast
-                # to the batch axes): its elements' programs run on the host's cores at once
-                batch = x.shape[:-1]
-                n = int(np.prod(batch))
-                flat_x = x.reshape(n, x.shape[-1])
-                flat_data = jax.tree_util.tree_map(lambda a: a.reshape((n,) + a.shape[len(batch):]), data)
-                results = list(_host_pool().map(
-                    lambda i: one(flat_x[i], jax.tree_util.tree_map(lambda a: a[i], flat_data)), range(n)))
-            return (np.array([r[0] for r in results]).reshape(batch),
-                    np.stack([r[1] for r in results]).reshape(x.shape))
-
         def value_and_grad(x, data):
             # a host call of the already compiled program: a jitted caller (an SVI step, a
-            # NUTS kernel) does not inline and recompile the solve; a batched caller
-            # (vectorised chains) hands over its whole batch, whose elements run in parallel
+            # NUTS kernel) does not inline and recompile the solve; batched callers
+            # (vectorised chains) call it once per element
             shapes = (jax.ShapeDtypeStruct((), jnp.float64), jax.ShapeDtypeStruct(jnp.shape(x), jnp.float64))
-            return jax.pure_callback(host_value_and_grad, shapes, x, data, vmap_method="broadcast_all")
+            return jax.pure_callback(host_value_and_grad, shapes, x, data, vmap_method="sequential")
 
         return _with_gradient_as_vjp(value_and_grad)
 
@@ -227,23 +210,6 @@ def _with_gradient_as_vjp(value_and_grad):
     potential.defvjp(value_and_grad, lambda grad, cotangent: (cotangent * grad, None))
     return potential
 
-
-def _host_pool() -> ThreadPoolExecutor:
-    """Threads (one per usable core) that run a batch's compiled programs at once: JAX
-    releases the GIL while a program runs (2 threads give 2.0x on 2 cores).  From inside
-    a host callback that holds only while JAX's CPU client runs programs inline on the
-    calling thread (``jax.config.update("jax_cpu_enable_async_dispatch", False)`` before
-    JAX's first computation); with asynchronous dispatch (JAX's default) the programs
-    queue on one execution thread and run one after the other, as without threads."""
-    global _POOL
-    if _POOL is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        _POOL = ThreadPoolExecutor(max_workers=max(1, cores),
-                                   thread_name_prefix="calibration-potential")
-    return _POOL
-
-
-_POOL: ThreadPoolExecutor | None = None
 
 #: `scipy_objective`'s value for a failed solve
 FAILED_SOLVE_VALUE = 1e10

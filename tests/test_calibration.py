@@ -204,7 +204,7 @@ def test_chain_rule_gradient_equals_the_full_forward_mode_gradient(toy, table, s
         direct = potential.value_and_grad(v)
         assert float(batched[0][k]) == pytest.approx(float(direct[0]), rel=1e-12)
         np.testing.assert_allclose(np.asarray(batched[1][k]), np.asarray(direct[1]), rtol=1e-12, atol=1e-12)
-    # nested batches (every element's program run on the host's cores at once)
+    # nested batches
     grid = jnp.stack([jnp.stack([x, x + 0.1]), jnp.stack([x - 0.1, x + 0.2])])
     nested = jax.jit(jax.vmap(jax.vmap(jax.value_and_grad(u))))(grid)
     direct = potential.value_and_grad(grid[1, 0])
@@ -239,10 +239,6 @@ def test_gauss_newton_hessian_is_the_hessian_where_predictions_meet_the_data(toy
 
 _PARALLEL_CHAINS_SCRIPT = """
 import json, sys
-import jax
-# programs inline (no asynchronous dispatch), set before JAX's first computation: the
-# vectorised chains' batched potential calls run their solves on two threads at once
-jax.config.update("jax_cpu_enable_async_dispatch", False)
 sys.path.insert(0, {tests!r})
 import calibration, pbpk
 from toy_models import receptor_toy_model
@@ -280,8 +276,7 @@ def test_nuts_parallel_chains_run_on_two_host_devices():
     assert proc.returncode == 0, proc.stderr[-3000:]
     means = json.loads(proc.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(means["parallel"], means["sequential"], rtol=1e-5)
-    # vectorised chains: one batched host call per leapfrog step, its chains' programs run
-    # on the host's cores at once (the compiled solve reused; same samples)
+    # vectorised chains: batched host calls of the compiled solve (same samples)
     np.testing.assert_allclose(means["vectorized"], means["sequential"], rtol=1e-5)
 
 
