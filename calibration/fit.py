@@ -20,10 +20,11 @@ reduced PSMA model; `find_map`):
   warm-up 200 iterations, enough for NumPyro's step-size windows, whose last 50
   iterations set the final step size).  ``nuts_metric="adapt"`` runs NumPyro's windowed
   metric adaptation from the Laplace covariance instead (default warm-up 500).  On the
-  reduced PSMA model (15 parameters + 4 error scales) the fixed Laplace metric gave the
-  larger step size (0.39 vs 0.28 at target 0.9, 13 vs 15 leapfrog steps per draw; at
-  target 0.8: 0.73, 7 steps; benchmarks/bench_calibration_speed.py); a Hessian that is not
-  positive definite at the MAP falls back to adaptation (``info["nuts_metric"]``).
+  reduced PSMA model (15 parameters + 4 error scales, rtol 1e-4, target 0.8) the fixed
+  Laplace metric gave step size 0.59 and 7.1 leapfrog steps per draw against 0.40 and 12.3
+  after 500 iterations of adaptation (`benchmarks/bench_calibration_speed.py
+  --compare-metrics`); a Hessian that is not positive definite at the MAP falls back to
+  adaptation (``info["nuts_metric"]``).
 
 Derivatives through the ODE solve are forward mode (diffrax ``ForwardMode``) for every
 method, one tangent per free parameter only (`_Potential`): with a handful of free
