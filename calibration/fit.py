@@ -331,9 +331,9 @@ def draw_posterior(potential: ChainRulePotential, x_map: np.ndarray, method: str
     metric = nuts_metric if positive else "adapt"
     info["nuts_metric"] = metric if positive else "adapt (the Laplace Hessian is not positive definite)"
     samples, stats, adapted = run_nuts(potential, x_map, cov if positive else None, key, seed,
-                              num_warmup=default_warmup(metric) if num_warmup is None else num_warmup,
-                              num_samples=num_samples, num_chains=num_chains, chain_method=chain_method,
-                              adapt_metric=metric == "adapt", target_accept=target_accept)
+                                       num_warmup=default_warmup(metric) if num_warmup is None else num_warmup,
+                                       num_samples=num_samples, num_chains=num_chains, chain_method=chain_method,
+                                       adapt_metric=metric == "adapt", target_accept=target_accept)
     info["nuts_step_size"] = adapted.step_size
     return samples, num_chains, stats
 
