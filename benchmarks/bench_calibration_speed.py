@@ -206,14 +206,13 @@ def nuts_at_issue_size(potential, x_map, inverse_mass, key, row) -> None:
     (the solve traced into it), leapfrog steps and diagnostics."""
     import arviz as az
 
-    warmup = fit_module.default_warmup("laplace")
     (samples, stats, adapted), seconds = timed(lambda: fit_module.run_nuts(
-        potential, x_map, inverse_mass, key, 0, num_warmup=warmup, num_samples=ISSUE_SAMPLES,
+        potential, x_map, inverse_mass, key, 0, num_warmup=ISSUE_WARMUP, num_samples=ISSUE_SAMPLES,
         num_chains=ISSUE_CHAINS, chain_method="parallel"))
     data = az.from_dict(posterior={k: v for k, v in samples.items() if k in ("theta", "error_scale")})
     r_hat = float(max(float(v.max()) for v in az.rhat(data).data_vars.values()))
     ess = float(min(float(v.min()) for v in az.ess(data, method="bulk").data_vars.values()))
-    row(f"NUTS {ISSUE_CHAINS} x ({warmup} + {ISSUE_SAMPLES}), parallel, {CORES} cores", seconds,
+    row(f"NUTS {ISSUE_CHAINS} x ({ISSUE_WARMUP} + {ISSUE_SAMPLES}), parallel, {CORES} cores", seconds,
         f"measured end to end; {np.mean(stats['num_steps']):.1f} leapfrog steps per draw, "
         f"step sizes {np.array2string(adapted.step_size, precision=2)}, max R-hat {r_hat:.3f}, "
         f"min bulk ESS {ess:.0f}, divergences {int(np.sum(stats['diverging']))}; target <= 120 s on the reduced model")
