@@ -47,7 +47,8 @@ import os
 
 # 4 host devices: --nuts-full runs the 4 chains in parallel (pmap, one thread per device,
 # on the 2 cores); every other phase uses one device
-# (XLA stops reading its flags at the first word that is not one: the device count first)
+# (XLA stops reading its flags at the first word that is not one: the device count first,
+# in case the caller's XLA_FLAGS hold such a word)
 os.environ["XLA_FLAGS"] = " ".join(["--xla_force_host_platform_device_count=4", "--xla_cpu_multi_thread_eigen=false",
                                     os.environ.get("XLA_FLAGS", "")])
 

@@ -118,7 +118,7 @@ from __future__ import annotations
 import os
 
 # one XLA CPU thread in-process too (the machine is shared; see twin.runner)
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402

@@ -8,7 +8,7 @@ or torch start their thread pools)."""
 import os
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np

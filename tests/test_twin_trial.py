@@ -256,6 +256,19 @@ def test_core_share_splits_the_cores_between_workers(cores, n, expected):
     assert [runner.core_share(cores, i, n) for i in range(n)] == expected
 
 
+def test_worker_xla_flags_are_all_read_by_xla():
+    """XLA stops reading XLA_FLAGS at the first word that is not a flag: a flag appended
+    to the workers' flags (here a host device count) must still take effect."""
+    import subprocess
+    import sys
+
+    flags = runner.worker_environment()["XLA_FLAGS"] + " --xla_force_host_platform_device_count=3"
+    out = subprocess.run([sys.executable, "-c", "import jax; print(jax.device_count())"], capture_output=True,
+                         text=True, timeout=120, env=dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "3"
+
+
 def test_patients_the_model_cannot_hold_are_recorded_not_fatal(trial_run, tmp_path):
     """Large lesions leave no rest-of-body plasma flow (flows are balanced): those patients
     get model_error and NaN outcomes; the others are computed as usual."""

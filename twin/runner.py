@@ -17,7 +17,9 @@ Where the work runs:
   unfinished parts elsewhere, and parts are only written once complete.
 
 JAX on workers (`worker_environment`): one XLA CPU thread per worker thread
-(``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``, OMP_NUM_THREADS=1),
+(``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``, OMP_NUM_THREADS=1; XLA stops reading
+XLA_FLAGS at the first word that is not a ``--`` flag, so nothing else may precede flags
+appended to it),
 and, on a `LocalCluster` (Linux), each worker process pinned to its own share of the
 machine's cores (`twin.worker_pinning.PinWorkerCores`).  The pinning is what keeps N
 workers on N cores: even with those flags XLA's CPU runtime keeps helper threads that
@@ -50,7 +52,7 @@ from imaging.atomic import atomic_file
 from .errors import TwinError
 
 PART_PATTERN = "part-{:06d}.parquet"
-XLA_SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+XLA_SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false"
 
 
 @dataclass
