@@ -13,7 +13,10 @@ so each model is fitted to data it can represent.  Free: the reduction's free pa
 rates), default priors, the same names for both models.  Reduced model:
 benchmarks/results/mbam_psma/psma_reduced.xml (`pbpk.from_sbml`; the full model has 228
 species).  Ligands solved separately (``separate_ligands=True``), solver
-`calibration.CALIBRATION_SOLVER` (rtol 1e-5), forward-mode derivatives (as `fit`).
+`calibration.CALIBRATION_SOLVER` (rtol 1e-5) and NUTS's trajectories at
+`calibration.NUTS_SOLVER` (rtol 1e-3; its own compiled potential, "NUTS gradient" row), as
+`fit` runs them without solver options; --rtol/--atol set every solve, NUTS's too;
+forward-mode derivatives (as `fit`).
 
 The phases of `calibration.fit` are timed apart (same functions, same order):
 set-up (table checks, ligand segments, NumPyro model tracing) and the first gradient
@@ -37,7 +40,7 @@ cores).
 
 Run:  .venv/bin/python benchmarks/bench_calibration_speed.py [--models reduced full]
           [--nuts-warmup 30] [--nuts-samples 30] [--chains 1] [--svi-steps 2000] [--nuts-full]
-          [--compare-metrics] [--rtol R --atol A]
+          [--compare-metrics] [--compare-solvers] [--rtol R --atol A]
 Measured: see benchmarks/results/bench_calibration_speed_cpu.txt.
 """
 
@@ -134,8 +137,17 @@ def run(name: str, model: pbpk.Model, free: list[str], args) -> list[dict]:
     row("set-up + model tracing", t_setup + t_trace)
     _, t_first = timed(lambda: potential.scipy_objective(potential.x0))
     row("first gradient (compilation)", t_first)
-    grads = [timed(lambda: potential.scipy_objective(potential.x0 + 0.01 * k))[1] for k in range(1, 6)]
-    row("one gradient (median of 5)", float(np.median(grads)), f"{len(free)} forward tangents")
+    grads = median_gradient_seconds(potential)
+    row("one gradient (median of 5)", grads, f"{grads * 1e3:.1f} ms, {len(free)} forward tangents")
+    given = None if args.rtol is None and args.atol is None else options
+    nuts_potential = fit_module.nuts_solver_potential(
+        "nuts", given, problem, lambda p: fit_module._Potential(p, seed=0), {}) or potential
+    if nuts_potential is not potential:
+        _, t_nuts_compile = timed(lambda: nuts_potential.scipy_objective(nuts_potential.x0))
+        grads = median_gradient_seconds(nuts_potential)
+        row("NUTS gradient (median of 5)", grads,
+            f"{grads * 1e3:.1f} ms at rtol {calibration.NUTS_SOLVER.rtol:g} (calibration.NUTS_SOLVER); "
+            f"compilation {t_nuts_compile:.1f} s")
     (x_lbfgs, opt), t_lbfgs = timed(lambda: fit_module.find_map(potential))
     row("MAP by L-BFGS (for comparison)", t_lbfgs, f"{opt.nit} iterations, {opt.nfev} gradients")
     _, t_first_gn = timed(lambda: potential.gauss_newton(potential.x0))
@@ -174,7 +186,7 @@ def run(name: str, model: pbpk.Model, free: list[str], args) -> list[dict]:
 
     def nuts(scale):
         return timed(lambda: fit_module.run_nuts(
-            potential, x_map, cov if positive else None, key, 0, num_warmup=scale * args.nuts_warmup,
+            nuts_potential, x_map, cov if positive else None, key, 0, num_warmup=scale * args.nuts_warmup,
             num_samples=scale * args.nuts_samples, num_chains=args.chains, chain_method="sequential"))
 
     iterations = args.chains * (args.nuts_warmup + args.nuts_samples)
@@ -190,13 +202,62 @@ def run(name: str, model: pbpk.Model, free: list[str], args) -> list[dict]:
     row(f"NUTS projected {ISSUE_CHAINS} x ({ISSUE_WARMUP} + {ISSUE_SAMPLES}), {CORES} cores", projected,
         "projection at this run's trajectory lengths, target <= 120 s on the reduced model")
     row(f"NUTS projected, {TYPICAL_LEAPFROG_STEPS} leapfrog steps per iteration", ISSUE_CHAINS * (
-        ISSUE_WARMUP + ISSUE_SAMPLES) * TYPICAL_LEAPFROG_STEPS * float(np.median(grads)) / CORES,
+        ISSUE_WARMUP + ISSUE_SAMPLES) * TYPICAL_LEAPFROG_STEPS * grads / CORES,
         "a leapfrog step = one gradient; lower estimate (short warm-ups run longer trajectories)")
     if args.nuts_full:
-        nuts_at_issue_size(potential, x_map, cov if positive else None, key, row)
+        nuts_at_issue_size(nuts_potential, x_map, cov if positive else None, key, row)
     if args.compare_metrics and positive:
-        compare_metrics(potential, x_map, cov, key, row)
+        compare_metrics(nuts_potential, x_map, cov, key, row)
+    if args.compare_solvers and positive and nuts_potential is not potential:
+        compare_solvers(problem, potential, nuts_potential, x_map, cov, key, row)
     return rows
+
+
+def compare_solvers(problem, potential, nuts_potential, x_map, cov, key, row, samples: int = 400) -> None:
+    """What NUTS's looser solve (`calibration.NUTS_SOLVER`) changes: one chain of `fit`'s
+    default warm-up + `samples` draws on each potential (same key and start), the
+    difference of their posterior means of log theta in Monte Carlo standard errors (ArviZ
+    mcse of each chain, combined) and the ratio of their sds; then the largest relative
+    error of the observed rows' predictions at either setting against an rtol-1e-9 solve,
+    over 20 of the draws."""
+    import arviz as az
+
+    log_theta = {}
+    for label, pot in (("CALIBRATION_SOLVER", potential), ("NUTS_SOLVER", nuts_potential)):
+        (samples_, stats, adapted), seconds = timed(lambda: fit_module.run_nuts(
+            pot, x_map, cov, key, 0, num_warmup=ISSUE_WARMUP, num_samples=samples, num_chains=1,
+            chain_method="sequential"))
+        log_theta[label] = np.log(samples_["theta"][0])
+        row(f"NUTS 1 x ({ISSUE_WARMUP} + {samples}), {label}", seconds,
+            f"{np.mean(stats['num_steps']):.1f} leapfrog steps per draw, step size {adapted.step_size[0]:.3f}")
+
+    def mcse(x):
+        return np.array([float(az.mcse(x[None, :, k], method="mean")) for k in range(x.shape[1])])
+
+    tight, loose = log_theta["CALIBRATION_SOLVER"], log_theta["NUTS_SOLVER"]
+    z = (loose.mean(0) - tight.mean(0)) / np.sqrt(mcse(loose) ** 2 + mcse(tight) ** 2)
+    ratio = loose.std(0) / tight.std(0)
+    row("posterior, NUTS_SOLVER vs CALIBRATION_SOLVER", 0.0,
+        f"log-theta means differ by at most {np.max(np.abs(z)):.2f} Monte Carlo standard errors; "
+        f"sd ratios {ratio.min():.2f}-{ratio.max():.2f}")
+    theta = np.exp(tight[:: max(1, samples // 20)])
+
+    def predictions(options):
+        problem_at = dataclasses.replace(problem, options=options)
+        return np.asarray(fit_module.predicted_activity_draws(problem_at, theta)[0])
+
+    reference = predictions(dataclasses.replace(problem.options, rtol=1e-9, atol=1e-12, max_steps=65536))
+    for label, options in (("CALIBRATION_SOLVER", problem.options), ("NUTS_SOLVER", calibration.NUTS_SOLVER)):
+        error = np.max(np.abs(predictions(dataclasses.replace(options, adjoint="forward")) / reference - 1))
+        row(f"solver error of the predictions, {label}", 0.0,
+            f"rtol {options.rtol:g}: max relative error {error:.1e} over {len(theta)} posterior draws x "
+            f"{reference.shape[1]} observed rows (against rtol 1e-9)")
+
+
+def median_gradient_seconds(potential) -> float:
+    """Median seconds of five gradients near the prior centre (after compilation)."""
+    return float(np.median([timed(lambda: potential.scipy_objective(potential.x0 + 0.01 * k))[1]
+                            for k in range(1, 6)]))
 
 
 def nuts_at_issue_size(potential, x_map, inverse_mass, key, row) -> None:
@@ -246,6 +307,9 @@ def main(argv=None) -> int:
                          f"`fit`'s default warm-up, parallel chains), end to end")
     ap.add_argument("--compare-metrics", action="store_true",
                     help="also run one chain per NUTS metric (fixed Laplace / adapted) and target acceptance")
+    ap.add_argument("--compare-solvers", action="store_true",
+                    help="also run one chain per solver setting (CALIBRATION_SOLVER / NUTS_SOLVER) and compare "
+                         "the posteriors and the predictions' solver error")
     ap.add_argument("--rtol", type=float, default=None, help="solver rtol (default: calibration.CALIBRATION_SOLVER)")
     ap.add_argument("--atol", type=float, default=None, help="solver atol (default: calibration.CALIBRATION_SOLVER)")
     ap.add_argument("--csv", type=Path, default=None, help="also write the rows to this CSV file")

@@ -15,13 +15,13 @@ from . import stp  # noqa: E402
 from .errors import CalibrationError, TableError  # noqa: E402
 from .fit import METHODS, fit, make_problem  # noqa: E402
 from .cohort import CohortPosterior, fit_cohort, make_cohort_problem  # noqa: E402
-from .likelihood import CALIBRATION_SOLVER, ERROR_GROUPS  # noqa: E402
+from .likelihood import CALIBRATION_SOLVER, ERROR_GROUPS, NUTS_SOLVER  # noqa: E402
 from .observations import Observations, observations_from_table  # noqa: E402
 from .posterior import CalibrationWarning, Posterior  # noqa: E402
 from .priors import FreeParameter, default_free_parameters  # noqa: E402
 
 __all__ = [
     "CALIBRATION_SOLVER", "CalibrationError", "CalibrationWarning", "CohortPosterior", "ERROR_GROUPS", "FreeParameter", "METHODS",
-    "Observations", "Posterior", "TableError", "default_free_parameters", "fit", "fit_cohort", "make_cohort_problem", "make_problem",
+    "NUTS_SOLVER", "Observations", "Posterior", "TableError", "default_free_parameters", "fit", "fit_cohort", "make_cohort_problem", "make_problem",
     "observations_from_table", "stp",
 ]

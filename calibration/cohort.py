@@ -46,7 +46,6 @@ as `FreeParameter`s for `calibration.fit(..., free=...)`.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar, Mapping
 
@@ -62,7 +61,8 @@ import pbpk
 from pbpk.batch import BatchArrays, batch_arrays, schedule_structure, solve_batch
 
 from .errors import CalibrationError, TableError
-from .fit import check_method, draw_posterior, find_map, hessian_columns, make_problem
+from .fit import (check_method, draw_posterior, find_map, forward_mode, hessian_columns, make_problem,
+                  nuts_solver_potential)
 from .likelihood import ACTIVITY_FLOOR_MBQ, CALIBRATION_SOLVER, ERROR_GROUPS, Problem, error_scale_site, observe
 from .posterior import Posterior, SampleDiagnostics, error_scale_samples
 from .potential import ChainRulePotential
@@ -329,14 +329,14 @@ def fit_cohort(model: pbpk.Model, table: pd.DataFrame, schedules, method: str = 
                seed: int = 0, num_warmup: int | None = None, num_samples: int = 1000, num_chains: int = 4,
                chain_method: str = "sequential", nuts_metric: str = "laplace", target_accept: float = 0.8,
                svi_steps: int = 2000, svi_learning_rate: float = 0.01,
-               em_max_iter: int = 50, options: pbpk.SolverOptions = CALIBRATION_SOLVER,
+               em_max_iter: int = 50, options: pbpk.SolverOptions | None = None,
                fixed: Mapping[str, Mapping[str, float]] | None = None,
                error_scales: Mapping[str, float] | None = None) -> "CohortPosterior":
     """Hierarchical fit of every patient in `table` (module docstring).
 
     schedules: one `pbpk.Schedule` for all patients, or a mapping patient -> schedule
       covering exactly the table's patients.
-    free, method and the sampler settings: as `calibration.fit`; every method starts from
+    free, method, the sampler and solver settings: as `calibration.fit`; every method starts from
       the empirical-Bayes point of `empirical_bayes_spreads` (at most `em_max_iter` EM
       iterations), Laplace keeps its between-patient spreads there (module docstring).
     fixed: patient -> known parameters (model units; the same names for every patient),
@@ -345,13 +345,13 @@ def fit_cohort(model: pbpk.Model, table: pd.DataFrame, schedules, method: str = 
     Returns a `CohortPosterior`.
     """
     check_method(method, svi_steps, svi_learning_rate, nuts_metric, target_accept)
-    # forward-mode derivatives through the solve for every method (as `fit`)
     cohort = make_cohort_problem(model, table, schedules, free=free,
-                                 options=dataclasses.replace(options, adjoint="forward"), fixed=fixed,
+                                 options=forward_mode(options or CALIBRATION_SOLVER), fixed=fixed,
                                  error_scales=error_scales)
     potential = _cohort_potential(cohort, seed)
     x_map, em = empirical_bayes_spreads(potential, max_iter=em_max_iter)
     info = {"map_unconstrained": x_map, **em}
+    nuts_potential = nuts_solver_potential(method, options, cohort, lambda c: _cohort_potential(c, seed), info)
     # Laplace keeps omega at its EM estimate (module docstring)
     omega = np.zeros(x_map.size, bool)
     omega[potential.positions("omega")] = True
@@ -359,7 +359,8 @@ def fit_cohort(model: pbpk.Model, table: pd.DataFrame, schedules, method: str = 
                                             num_samples=num_samples, num_chains=num_chains,
                                             chain_method=chain_method, nuts_metric=nuts_metric,
                                             target_accept=target_accept, svi_steps=svi_steps,
-                                            svi_learning_rate=svi_learning_rate, laplace_fixed=omega)
+                                            svi_learning_rate=svi_learning_rate, laplace_fixed=omega,
+                                            nuts_potential=nuts_potential)
     return CohortPosterior.from_draws(cohort, method, samples, chains=chains, info=info, sample_stats=stats)
 
 

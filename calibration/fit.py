@@ -24,7 +24,11 @@ reduced PSMA model; `find_map`):
   Laplace metric gave step size 0.59 and 7.1 leapfrog steps per draw against 0.40 and 12.3
   after 500 iterations of adaptation (`benchmarks/bench_calibration_speed.py
   --compare-metrics`); a Hessian that is not positive definite at the MAP falls back to
-  adaptation (``info["nuts_metric"]``).
+  adaptation (``info["nuts_metric"]``).  Without ``options`` from the caller, NUTS's
+  trajectories solve at `NUTS_SOLVER` (rtol 1e-3: a gradient ~2.8x cheaper, posterior
+  unchanged within Monte Carlo error; see its comment) through a second compiled
+  potential, while the MAP, the Laplace metric and the predictions keep
+  `CALIBRATION_SOLVER`; ``info["nuts_solver_rtol"]`` records it.
 
 Derivatives through the ODE solve are forward mode (diffrax ``ForwardMode``) for every
 method, one tangent per free parameter only (`_Potential`): with a handful of free
@@ -56,7 +60,7 @@ from numpyro.infer import MCMC, NUTS
 import pbpk
 
 from .errors import CalibrationError, positive_number
-from .likelihood import (CALIBRATION_SOLVER, ERROR_GROUPS, Problem, ligand_segments, numpyro_model,
+from .likelihood import (CALIBRATION_SOLVER, ERROR_GROUPS, NUTS_SOLVER, Problem, ligand_segments, numpyro_model,
                          predicted_activity, predicted_activity_draws)
 from .observations import observations_from_table
 from .posterior import Posterior
@@ -245,7 +249,7 @@ def fit(model: pbpk.Model, table: pd.DataFrame, schedule, method: str = "nuts", 
         patient: str | None = None, seed: int = 0, num_warmup: int | None = None, num_samples: int = 1000,
         num_chains: int = 4, chain_method: str = "sequential", nuts_metric: str = "laplace",
         target_accept: float = 0.8, svi_steps: int = 2000,
-        svi_learning_rate: float = 0.01, options: pbpk.SolverOptions = CALIBRATION_SOLVER,
+        svi_learning_rate: float = 0.01, options: pbpk.SolverOptions | None = None,
         separate_ligands: bool = False, fixed: Mapping[str, float] | None = None,
         error_scales: Mapping[str, float] | None = None) -> Posterior:
     """Fit `model` to one patient's time-activity `table` under `schedule`.
@@ -263,24 +267,48 @@ def fit(model: pbpk.Model, table: pd.DataFrame, schedule, method: str = "nuts", 
     nuts_metric, target_accept, num_warmup (NUTS): "laplace" (fixed Laplace metric) or
       "adapt", NUTS's target acceptance probability in (0, 1), warm-up iterations per
       chain (default `default_warmup(nuts_metric)`); see the module docstring.
+    options: the ODE solver settings of every solve; default `CALIBRATION_SOLVER`, with
+      NUTS's trajectories at `NUTS_SOLVER` (module docstring).
     Returns a `Posterior` with `num_samples` draws per chain (Laplace and SVI: one chain).
     """
     check_method(method, svi_steps, svi_learning_rate, nuts_metric, target_accept)
-    # forward-mode derivatives through the solve (few parameters, no checkpointed reverse
-    # pass) for every method: SVI's ELBO reaches the solve through the chain-rule gradient
-    options = dataclasses.replace(options, adjoint="forward")
-    problem = make_problem(model, table, schedule, free=free, patient=patient, options=options,
-                           separate_ligands=separate_ligands, fixed=fixed, error_scales=error_scales)
+    problem = make_problem(model, table, schedule, free=free, patient=patient,
+                           options=forward_mode(options or CALIBRATION_SOLVER), separate_ligands=separate_ligands,
+                           fixed=fixed, error_scales=error_scales)
     potential = _Potential(problem, seed)
     x_map, opt = find_map(potential, newton=True)
     info = {"map_unconstrained": x_map, "map_iterations": int(opt.nit), "map_success": bool(opt.success)}
+    nuts_potential = nuts_solver_potential(method, options, problem, lambda p: _Potential(p, seed), info)
     samples, chains, stats = draw_posterior(potential, x_map, method, info, seed=seed, num_warmup=num_warmup,
                                             num_samples=num_samples, num_chains=num_chains,
                                             chain_method=chain_method, nuts_metric=nuts_metric,
                                             target_accept=target_accept, svi_steps=svi_steps,
                                             svi_learning_rate=svi_learning_rate,
-                                            gauss_newton_at_map=getattr(opt, "hess", None))
+                                            gauss_newton_at_map=getattr(opt, "hess", None),
+                                            nuts_potential=nuts_potential)
     return Posterior.from_draws(problem, method, samples, chains=chains, info=info, sample_stats=stats)
+
+
+def forward_mode(options: pbpk.SolverOptions) -> pbpk.SolverOptions:
+    """`options` with forward-mode derivatives through the solve: few parameters, no
+    checkpointed reverse pass, for every method (SVI's ELBO reaches the solve through the
+    chain-rule gradient)."""
+    return dataclasses.replace(options, adjoint="forward")
+
+
+def nuts_solver_potential(method: str, given: pbpk.SolverOptions | None, problem, build, info: dict):
+    """NUTS's own potential: `build(problem)` with `NUTS_SOLVER` (forward mode) when the
+    caller gave no solver options (`given` None), else None (NUTS then uses the potential
+    of every other solve, at ``problem.options``).  Records the rtol of NUTS's solves in
+    ``info["nuts_solver_rtol"]``.  problem: a `Problem` or `CohortProblem` (its ``options``
+    replaced); `fit`, `fit_cohort`."""
+    if method != "nuts":
+        return None
+    if given is not None:
+        info["nuts_solver_rtol"] = problem.options.rtol
+        return None
+    info["nuts_solver_rtol"] = NUTS_SOLVER.rtol
+    return build(dataclasses.replace(problem, options=forward_mode(NUTS_SOLVER)))
 
 
 def check_method(method: str, svi_steps, svi_learning_rate, nuts_metric="laplace", target_accept=0.8) -> None:
@@ -309,12 +337,15 @@ def draw_posterior(potential: ChainRulePotential, x_map: np.ndarray, method: str
                    num_warmup: int | None, num_samples: int, num_chains: int, chain_method: str,
                    nuts_metric: str, target_accept: float, svi_steps: int,
                    svi_learning_rate: float, laplace_fixed: np.ndarray | None = None,
-                   gauss_newton_at_map: np.ndarray | None = None):
+                   gauss_newton_at_map: np.ndarray | None = None,
+                   nuts_potential: ChainRulePotential | None = None):
     """Posterior draws by `method` from the optimiser's point `x_map`: Laplace (Gaussian,
     coordinates in `laplace_fixed` held at x_map), SVI or NUTS (its warm-up mass matrix the
     full Laplace covariance: fixed, or where adaptation starts, by `nuts_metric`; warm-up
     `num_warmup` or `default_warmup`).  gauss_newton_at_map: H_GN at x_map where the MAP search
-    already has it (SVI's start; else evaluated here).  Adds diagnostics to `info`;
+    already has it (SVI's start; else evaluated here).  nuts_potential: the same potential
+    with other solver settings for NUTS's trajectories (`NUTS_SOLVER`); default `potential`.
+    Adds diagnostics to `info`;
     returns (constrained samples, number of chains, NUTS sample statistics or None)."""
     key = jax.random.PRNGKey(seed)
     if method == "svi":
@@ -330,7 +361,7 @@ def draw_posterior(potential: ChainRulePotential, x_map: np.ndarray, method: str
         return laplace_draws(potential, x_map, cov, num_samples, seed), 1, None
     metric = nuts_metric if positive else "adapt"
     info["nuts_metric"] = metric if positive else "adapt (the Laplace Hessian is not positive definite)"
-    samples, stats, adapted = run_nuts(potential, x_map, cov if positive else None, key, seed,
+    samples, stats, adapted = run_nuts(nuts_potential or potential, x_map, cov if positive else None, key, seed,
                                        num_warmup=default_warmup(metric) if num_warmup is None else num_warmup,
                                        num_samples=num_samples, num_chains=num_chains, chain_method=chain_method,
                                        adapt_metric=metric == "adapt", target_accept=target_accept)

@@ -16,7 +16,9 @@ import pytest
 
 import calibration
 import pbpk
-from calibration.fit import _Potential, find_map, laplace_covariance, make_problem, run_nuts
+from calibration.fit import (_Potential, find_map, forward_mode, laplace_covariance, make_problem,
+                             nuts_solver_potential, run_nuts)
+from calibration.likelihood import predicted_activity
 from calibration.svi import WINDOW, elbo_converged
 from toy_models import TRACER, receptor_toy_model
 
@@ -70,10 +72,12 @@ TEST_SOLVER = pbpk.SolverOptions(rtol=1e-4, atol=1e-7, max_steps=4096)
 
 @pytest.fixture(scope="module")
 def fits(toy, table, schedule):
-    kw = dict(free=FREE, seed=0, options=TEST_SOLVER)
+    kw = dict(free=FREE, seed=0)
     return {
-        "laplace": calibration.fit(toy, table, schedule, "laplace", num_samples=1000, **kw),
-        "svi": calibration.fit(toy, table, schedule, "svi", num_samples=1000, svi_steps=600, **kw),
+        "laplace": calibration.fit(toy, table, schedule, "laplace", num_samples=1000, options=TEST_SOLVER, **kw),
+        "svi": calibration.fit(toy, table, schedule, "svi", num_samples=1000, svi_steps=600, options=TEST_SOLVER,
+                               **kw),
+        # the default solver settings: NUTS's trajectories at NUTS_SOLVER
         "nuts": calibration.fit(toy, table, schedule, "nuts", num_warmup=150, num_samples=150, num_chains=2, **kw),
     }
 
@@ -101,6 +105,8 @@ def test_nuts_diagnostics(fits):
     assert d["max_r_hat"] < 1.05  # short test chains; `converged` uses 1.01 and ESS >= 400
     assert d["failed_solve_fraction"] == 0.0
     assert post.info["nuts_metric"] == "laplace" and np.all(np.asarray(post.info["nuts_step_size"]) > 0)
+    assert post.info["nuts_solver_rtol"] == calibration.NUTS_SOLVER.rtol
+    assert post.problem.options.rtol == calibration.CALIBRATION_SOLVER.rtol  # predictions keep the tight solve
     data = post.to_arviz()
     assert set(data.posterior.data_vars) == set(post.parameter_samples())
     assert data.posterior["kidneys_rden_nmol_l"].shape == (2, 150)
@@ -309,6 +315,29 @@ def test_nuts_holds_the_laplace_metric_or_adapts_it(toy, table, schedule):
     assert np.max(np.abs(adapted.inverse_mass[0] - cov)) > 1e-2 * np.max(np.abs(cov))
     assert fixed.step_size.shape == (1,) and 0 < fixed.step_size[0] < 10
     assert stats["num_steps"].shape == (1, 10)
+
+
+def test_nuts_trajectories_solve_at_nuts_solver_unless_options_are_given(toy, table, schedule):
+    """Without the caller's solver options NUTS gets its own potential at NUTS_SOLVER (the
+    rest of the problem unchanged); with them, every solve keeps them.  NUTS_SOLVER's
+    predictions stay within 0.1 of the smallest measurement error (5 %) of a tight solve."""
+    problem = make_problem(toy, table, schedule, free=FREE, options=forward_mode(calibration.CALIBRATION_SOLVER))
+    built, info = [], {}
+    assert nuts_solver_potential("nuts", None, problem, lambda p: built.append(p) or "nuts potential",
+                                 info) == "nuts potential"
+    assert built[0].options == forward_mode(calibration.NUTS_SOLVER)
+    assert dataclasses.replace(built[0], options=problem.options) == problem
+    assert info == {"nuts_solver_rtol": calibration.NUTS_SOLVER.rtol}
+    info = {}
+    assert nuts_solver_potential("nuts", TEST_SOLVER, problem, built.append, info) is None
+    assert info == {"nuts_solver_rtol": problem.options.rtol} and len(built) == 1
+    assert nuts_solver_potential("laplace", None, problem, built.append, info) is None and len(built) == 1
+
+    theta = jnp.asarray([f.median for f in problem.free])
+    tight = dataclasses.replace(problem, options=pbpk.SolverOptions(rtol=1e-9, atol=1e-12, max_steps=16384))
+    (loose, ok), (ref, ok_ref) = (predicted_activity(p, theta) for p in (built[0], tight))
+    assert bool(ok) and bool(ok_ref)
+    assert float(jnp.max(jnp.abs(loose / ref - 1))) < 0.1 * 0.05
 
 
 # ------------------------------------------------------------------ bad input
