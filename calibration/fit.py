@@ -25,8 +25,8 @@ reduced PSMA model; `find_map`):
   after 500 iterations of adaptation (`benchmarks/bench_calibration_speed.py
   --compare-metrics`); a Hessian that is not positive definite at the MAP falls back to
   adaptation (``info["nuts_metric"]``).  Without ``options`` from the caller, NUTS's
-  trajectories solve at `NUTS_SOLVER` (rtol 1e-3: a gradient ~2.8x cheaper, posterior
-  unchanged within Monte Carlo error; see its comment) through a second compiled
+  trajectories solve at `NUTS_SOLVER` (rtol 1e-3: a gradient 2.5x cheaper on the reduced
+  PSMA model, posterior unchanged within Monte Carlo error; see its comment) through a second compiled
   potential, while the MAP, the Laplace metric and the predictions keep
   `CALIBRATION_SOLVER`; ``info["nuts_solver_rtol"]`` records it.
 

@@ -42,14 +42,15 @@ ACTIVITY_FLOOR_MBQ = 1e-12
 #: so extreme proposals fail fast (a PSMA therapy solve takes ~300 steps).
 CALIBRATION_SOLVER = pbpk.SolverOptions(rtol=1e-5, atol=1e-8, max_steps=4096)
 #: Solver settings for NUTS's trajectories when the caller gives none (`calibration.fit`,
-#: `fit_cohort`): rtol 1e-3.  NUTS needs a potential consistent along each trajectory,
-#: not a 1e-5 one: on the reduced PSMA model (benchmarks/bench_calibration_speed.py), over
-#: 20 posterior draws the 84 predicted activities deviated from an rtol-1e-9 solve by at
-#: most 6.9e-4 (relative; rtol 1e-5: 7.2e-6), 1.4 % of the smallest measurement error
-#: (5 %, PET), and 600-iteration chains' posterior means agreed with rtol 1e-5 within
-#: 0.9 Monte Carlo standard errors (sds within 6 %) at 2.8x less time per gradient.  The
-#: MAP, the Laplace metric and predictions keep CALIBRATION_SOLVER (a central-difference
-#: Hessian needs the tighter solve).
+#: `fit_cohort`): rtol 1e-3.  NUTS needs a potential consistent along each trajectory, not
+#: a 1e-5 one.  On the reduced PSMA model (`benchmarks/bench_calibration_speed.py
+#: --compare-solvers`) the 24 observed rows' predictions deviated from an rtol-1e-9 solve
+#: by at most 3.5e-4 (relative) over 20 posterior draws, 0.7 % of the smallest measurement
+#: error (5 %, PET); one chain of 200 + 400 iterations per setting: posterior means of log
+#: theta within 0.87 Monte Carlo standard errors, sds within 6 %; a gradient 13.5 instead
+#: of 34 ms, NUTS 4 x (200 + 1000) 285 instead of 675 s.  The MAP, the Laplace metric
+#: and predictions keep CALIBRATION_SOLVER (a central-difference Hessian needs the
+#: tighter solve).
 NUTS_SOLVER = pbpk.SolverOptions(rtol=1e-3, atol=1e-6, max_steps=4096)
 ERROR_GROUPS = ("PET organ", "PET lesion", "SPECT organ", "SPECT lesion")
 
