@@ -26,8 +26,8 @@ reduced PSMA model; `find_map`):
   --compare-metrics`); a Hessian that is not positive definite at the MAP falls back to
   adaptation (``info["nuts_metric"]``).  Without ``options`` from the caller, NUTS's
   trajectories solve at `NUTS_SOLVER` (rtol 1e-3: a gradient 2.5x cheaper on the reduced
-  PSMA model, posterior unchanged within Monte Carlo error; see its comment) through a second compiled
-  potential, while the MAP, the Laplace metric and the predictions keep
+  PSMA model, posterior unchanged within Monte Carlo error; see its comment) through a
+  second compiled potential, while the MAP, the Laplace metric and the predictions keep
   `CALIBRATION_SOLVER`; ``info["nuts_solver_rtol"]`` records it.
 
 Derivatives through the ODE solve are forward mode (diffrax ``ForwardMode``) for every
