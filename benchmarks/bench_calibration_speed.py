@@ -248,7 +248,7 @@ def compare_solvers(problem, potential, nuts_potential, x_map, cov, key, row, sa
 
     reference = predictions(dataclasses.replace(problem.options, rtol=1e-9, atol=1e-12, max_steps=65536))
     for label, options in (("CALIBRATION_SOLVER", problem.options), ("NUTS_SOLVER", calibration.NUTS_SOLVER)):
-        error = np.max(np.abs(predictions(dataclasses.replace(options, adjoint="forward")) / reference - 1))
+        error = np.max(np.abs(predictions(fit_module.forward_mode(options)) / reference - 1))
         row(f"solver error of the predictions, {label}", 0.0,
             f"rtol {options.rtol:g}: max relative error {error:.1e} over {len(theta)} posterior draws x "
             f"{reference.shape[1]} observed rows (against rtol 1e-9)")

@@ -304,11 +304,8 @@ def nuts_solver_potential(method: str, given: pbpk.SolverOptions | None, problem
     replaced); `fit`, `fit_cohort`."""
     if method != "nuts":
         return None
-    if given is not None:
-        info["nuts_solver_rtol"] = problem.options.rtol
-        return None
-    info["nuts_solver_rtol"] = NUTS_SOLVER.rtol
-    return build(dataclasses.replace(problem, options=forward_mode(NUTS_SOLVER)))
+    info["nuts_solver_rtol"] = (problem.options if given is not None else NUTS_SOLVER).rtol
+    return None if given is not None else build(dataclasses.replace(problem, options=forward_mode(NUTS_SOLVER)))
 
 
 def check_method(method: str, svi_steps, svi_learning_rate, nuts_metric="laplace", target_accept=0.8) -> None:

@@ -288,7 +288,7 @@ def test_nuts_parallel_chains_run_on_two_host_devices():
 
 def test_newton_and_lbfgs_find_the_same_map(toy, table, schedule):
     potential = _Potential(make_problem(toy, table, schedule, free=FREE,
-                                        options=dataclasses.replace(TEST_SOLVER, adjoint="forward")), seed=0)
+                                        options=forward_mode(TEST_SOLVER)), seed=0)
     x_lbfgs, res_lbfgs = find_map(potential)
     x_newton, res_newton = find_map(potential, newton=True)
     assert res_newton.success and res_lbfgs.success
@@ -304,7 +304,7 @@ def test_nuts_holds_the_laplace_metric_or_adapts_it(toy, table, schedule):
     """run_nuts with the Laplace covariance: held fixed (the warm-up adapts the step size
     only), or the start of NumPyro's windowed adaptation (adapt_metric)."""
     potential = _Potential(make_problem(toy, table, schedule, free=FREE,
-                                        options=dataclasses.replace(TEST_SOLVER, adjoint="forward")), seed=0)
+                                        options=forward_mode(TEST_SOLVER)), seed=0)
     x_map, _ = find_map(potential, newton=True)
     cov, positive = laplace_covariance(potential, x_map)
     assert positive
